@@ -1,0 +1,162 @@
+"""Frozen descriptions of every model variant, and the one table that names them.
+
+A config is pure data: the modules in :mod:`repvit_sam.modeling` are built from it and never
+read global state. ``VARIANTS`` is the single source of truth for what ``build_sam`` can make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Tuple, Union
+
+
+class RepViTBlockCfg(NamedTuple):
+    """One RepViT block: 3x3 depthwise token mixer, 2x-expansion GELU channel MLP."""
+
+    channels: int  # output channels; a change from the previous block makes it a downsample block
+    use_se: bool
+    stride: int
+
+
+@dataclass(frozen=True)
+class RepViTConfig:
+    """RepViT trunk + SAM neck. ``blocks`` lists every block after the stem, in order."""
+
+    blocks: Tuple[RepViTBlockCfg, ...]
+    stem_channels: int = 80  # channels after the stem (its first conv has half of these)
+    out_chans: int = 256
+    img_size: int = 1024
+
+
+@dataclass(frozen=True)
+class TinyViTConfig:
+    """TinyViT (MobileSAM). Stage 0 is convolutional (MBConv); the others are windowed attention."""
+
+    embed_dims: Tuple[int, ...] = (64, 128, 160, 320)
+    depths: Tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: Tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: Tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    num_classes: int = 1000  # the unused classification head kept in the official checkpoint
+    out_chans: int = 256
+    img_size: int = 1024
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """SAM's ViT image encoder (windowed attention + a few global blocks, relative positions)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: Tuple[int, ...]
+    patch_size: int = 16
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+    img_size: int = 1024
+
+
+EncoderConfig = Union[RepViTConfig, TinyViTConfig, ViTConfig]
+
+
+@dataclass(frozen=True)
+class PromptDecoderConfig:
+    """SAM's prompt encoder and mask decoder; identical for every published variant."""
+
+    embed_dim: int = 256
+    image_embedding_size: int = 64
+    mask_in_chans: int = 16
+    transformer_depth: int = 2
+    transformer_heads: int = 8
+    transformer_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    name: str
+    encoder: EncoderConfig
+    decoder: PromptDecoderConfig = field(default_factory=PromptDecoderConfig)
+    pixel_mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    description: str = ""
+
+    @property
+    def img_size(self) -> int:
+        return self.encoder.img_size
+
+
+def _repvit_sam_blocks() -> Tuple[RepViTBlockCfg, ...]:
+    """RepViT-M2.3 without its last two 640-channel blocks, third downsample at stride 1.
+
+    Returns the 54 blocks ``features.1 ... features.54`` (MODEL.md's table). Within a stage,
+    squeeze-excite sits on every other block starting with the first, but never on the last
+    block before a downsample.
+    """
+    # (first index, last index, channels) of each run of stride-1 blocks
+    stages = ((1, 7, 80), (9, 15, 160), (17, 51, 320), (53, 54, 640))
+    downsamples = {8: (160, 2), 16: (320, 2), 52: (640, 1)}  # index -> (out channels, stride)
+    blocks = []
+    for index in range(1, 55):
+        if index in downsamples:
+            channels, stride = downsamples[index]
+            blocks.append(RepViTBlockCfg(channels, False, stride))
+            continue
+        first, last, channels = next(s for s in stages if s[0] <= index <= s[1])
+        use_se = (index - first) % 2 == 0 and index != last
+        blocks.append(RepViTBlockCfg(channels, use_se, 1))
+    return tuple(blocks)
+
+
+REPVIT_SAM = RepViTConfig(blocks=_repvit_sam_blocks())
+
+VARIANTS: dict[str, SamConfig] = {
+    "repvit": SamConfig(
+        "repvit", REPVIT_SAM, description="RepViT-SAM: RepViT-M2.3 encoder (Wang et al. 2023)"
+    ),
+    "vit_t": SamConfig("vit_t", TinyViTConfig(), description="MobileSAM: TinyViT-5M encoder"),
+    "vit_b": SamConfig(
+        "vit_b",
+        ViTConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+        description="SAM ViT-B",
+    ),
+    "vit_l": SamConfig(
+        "vit_l",
+        ViTConfig(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+        description="SAM ViT-L",
+    ),
+    "vit_h": SamConfig(
+        "vit_h",
+        ViTConfig(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+        description="SAM ViT-H",
+    ),
+}
+
+# Friendly names users reach for; each resolves to an official registry name.
+ALIASES: dict[str, str] = {
+    "repvit_sam": "repvit",
+    "repvit-sam": "repvit",
+    "mobile_sam": "vit_t",
+    "mobilesam": "vit_t",
+    "mobile-sam": "vit_t",
+    "sam_vit_b": "vit_b",
+    "sam_vit_l": "vit_l",
+    "sam_vit_h": "vit_h",
+    "default": "vit_h",  # segment_anything's registry calls ViT-H "default"
+}
+
+
+def resolve_name(name: str) -> str:
+    """Map an official name or alias to the official registry name, or raise a clear KeyError."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in VARIANTS:
+        known = ", ".join(sorted(VARIANTS)) + "; aliases: " + ", ".join(sorted(ALIASES))
+        raise KeyError(f"unknown model {name!r}; known models: {known}")
+    return key
