@@ -26,7 +26,7 @@ WRAPPER_KEYS: Tuple[str, ...] = ("model", "state_dict", "model_state_dict", "mod
 # trainers that keep the network as ``self.model`` ("model."). Stripped when every key has one.
 STRIP_PREFIXES: Tuple[str, ...] = ("module.", "_orig_mod.", "model.")
 
-_HOW_TO_GET = "use an official file (repvit_sam.pt, mobile_sam.pt, sam_vit_*.pth) or a state_dict saved with torch.save"
+_HOW_TO_GET = "Use an official file (repvit_sam.pt, mobile_sam.pt, sam_vit_*.pth) or a state_dict saved with torch.save"
 
 
 class CheckpointError(RuntimeError):

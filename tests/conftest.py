@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny configs (fast on 2 cores) and random-weight models with BN statistics
+randomised, so that fusion and loading are tested on non-trivial numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from repvit_sam.config import PromptDecoderConfig, RepViTBlockCfg, RepViTConfig, SamConfig, TinyViTConfig, ViTConfig
+
+# 256-pixel inputs, 16x16 embeddings: the same code paths as the real models, ~100x cheaper.
+TINY_DECODER = PromptDecoderConfig(embed_dim=32, image_embedding_size=16, mask_in_chans=8, transformer_heads=2, transformer_mlp_dim=64, iou_head_hidden_dim=32)
+
+TINY = {
+    "repvit": SamConfig(
+        "tiny_repvit",
+        RepViTConfig(
+            blocks=(
+                RepViTBlockCfg(16, True, 1),
+                RepViTBlockCfg(16, False, 1),
+                RepViTBlockCfg(32, False, 2),
+                RepViTBlockCfg(32, True, 1),
+                RepViTBlockCfg(48, False, 2),
+                RepViTBlockCfg(64, False, 1),
+                RepViTBlockCfg(64, True, 1),
+            ),
+            stem_channels=16,
+            out_chans=32,
+            img_size=256,
+        ),
+        TINY_DECODER,
+    ),
+    "vit_t": SamConfig(
+        "tiny_vit_t",
+        TinyViTConfig(embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2), window_sizes=(7, 7, 14, 7), num_classes=10, out_chans=32, img_size=256),
+        TINY_DECODER,
+    ),
+    "vit_b": SamConfig(
+        "tiny_vit_b",
+        ViTConfig(embed_dim=32, depth=3, num_heads=2, global_attn_indexes=(1,), window_size=6, out_chans=32, img_size=256),
+        TINY_DECODER,
+    ),
+}
+
+
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter and BatchNorm statistic a random value (in place)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.5) + (1.0 if name.endswith("bn.weight") else 0.0))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.25)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_model(tiny_name):
+    from repvit_sam import build_from_config
+
+    torch.manual_seed(0)
+    return randomize_(build_from_config(TINY[tiny_name]))
