@@ -1,6 +1,8 @@
 # Set-up and tasks. Every target creates .venv itself when needed.
 #   make install   .venv with torch==2.13.0 (CPU wheel) and the package in editable mode + test extras
 #   make test      install if needed, then run the test suite
+#   make demo      main job: segment a sample photo (scikit-image's astronaut) with a point and a box;
+#                  fetches the official RepViT-SAM weights on first use (or set CHECKPOINT=path)
 #   make bench     image-encoder latency (eager / fused / fused+channels_last) on this machine
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -21,6 +23,16 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+DEMO      := outputs/demo
+CHECKPOINT ?=
+CKPT_ARG  := $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model repvit)
+
+demo: install
+	mkdir -p $(DEMO)
+	$(PY) -c "from skimage import data; from PIL import Image; Image.fromarray(data.astronaut()).save('$(DEMO)/astronaut.png')"
+	$(VENV)/bin/repvit-sam segment $(DEMO)/astronaut.png --point 225,130 $(CKPT_ARG) -o $(DEMO)/point
+	$(VENV)/bin/repvit-sam segment $(DEMO)/astronaut.png --box 350,0,470,285 $(CKPT_ARG) -o $(DEMO)/box
 
 bench: install
 	$(PY) -m repvit_sam.bench

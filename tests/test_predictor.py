@@ -110,10 +110,13 @@ def test_reset_image_and_bad_images(tiny_model, image):
     p.set_image(image)
     p.reset_image()
     assert not p.is_image_set and p.features is None
-    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
-        p.set_image(image[..., 0])
-    with pytest.raises(ValueError, match="uint8"):
+    # grayscale / RGBA / 16-bit / float in [0, 1] are converted (tests/test_io.py); others refused
+    with pytest.raises(ValueError, match=r"C = 1, 3 \(RGB\) or 4 \(RGBA\); got array of shape \(150, 200, 2\)"):
+        p.set_image(image[..., :2])
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\]"):
         p.set_image(image.astype(np.float32))
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        p.set_image(image.astype(np.int32))
     with pytest.raises(ValueError, match="RGB' or 'BGR"):
         p.set_image(image, image_format="HSV")
     with pytest.raises(ValueError, match="long side 256"):

@@ -9,12 +9,9 @@ Random weights (latency does not depend on their values). Prints a Markdown tabl
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -24,6 +21,7 @@ from tqdm import tqdm
 
 from .modeling.fuse import fuse_model
 from .registry import build_sam
+from .utils import write_json_atomic
 
 BACKENDS = ("eager", "fused", "fused-cl")
 
@@ -98,10 +96,7 @@ def main(argv: List[str] | None = None) -> int:
     print(f"{a.size}x{a.size}, batch 1, {a.runs} runs after 1 warm-up; {machine}")
     print(markdown(rows))
     if a.json:
-        d = os.path.dirname(os.path.abspath(a.json))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            json.dump({"machine": machine, "results": rows}, f, indent=1)
-        os.replace(f.name, a.json)
+        write_json_atomic(a.json, {"machine": machine, "results": rows})
     return 0
 
 

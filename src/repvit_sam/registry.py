@@ -16,7 +16,7 @@ from .modeling.sam import Sam
 from .modeling.tiny_vit import TinyViT
 from .modeling.transformer import TwoWayTransformer
 from .modeling.vit import ImageEncoderViT
-from .weights import PathLike, extract_state_dict, load_into, model_key_shapes, read_checkpoint
+from .weights import CheckpointError, PathLike, extract_state_dict, guess_variant, load_into, model_key_shapes, read_checkpoint
 
 _ENCODERS: Dict[type, Callable[..., nn.Module]] = {
     RepViTConfig: RepViT,
@@ -58,6 +58,16 @@ def key_shapes(name: str) -> Mapping[str, Tuple[int, ...]]:
     with torch.device("meta"):
         model = build_from_config(VARIANTS[resolve_name(name)])
     return model_key_shapes(model)
+
+
+def detect_variant(checkpoint: PathLike) -> str:
+    """The official name of the variant whose key/shape table a checkpoint file matches exactly."""
+    sd = extract_state_dict(read_checkpoint(checkpoint), source=str(checkpoint))
+    best = guess_variant(sd, {n: key_shapes(n) for n in VARIANTS})
+    if best is None or best[1] < 1.0:
+        near = f" (closest: {best[0]!r}, {best[1]:.0%} of keys match)" if best else ""
+        raise CheckpointError(f"{checkpoint} does not match any known model exactly{near}; name the model explicitly")
+    return best[0]
 
 
 def list_models() -> List[str]:

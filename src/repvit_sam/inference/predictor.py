@@ -6,37 +6,74 @@ values and coordinate conventions (XY pixels of the original image, boxes XYXY).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..modeling.sam import Sam
+from .prompts import PromptError, check_boxes, check_mask_input, check_points
 from .transforms import ResizeLongestSide
+
+Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+# Prompts decoded per call when many boxes are given: bounds the full-resolution logits held
+# at once (chunk x 3 x H x W floats) while keeping the decoder's matrix products large.
+DECODE_CHUNK = 16
 
 
 class SamPredictor:
+    """Embed an image once with ``set_image``, then ``predict`` masks for any number of prompts.
+
+    Beyond segment_anything: ``predict`` takes several boxes at once (``box`` of shape (B, 4));
+    ``set_image_batch`` / ``predict_batch`` embed several images in one encoder pass; prompts
+    are validated with errors that name the problem; ``from_pretrained`` builds a ready model.
+    """
+
     def __init__(self, sam_model: Sam) -> None:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str = "repvit",
+        checkpoint: Optional[str] = None,
+        device: Optional[str | torch.device] = None,
+        fuse: bool = True,
+        download: bool = True,
+    ) -> "SamPredictor":
+        """A predictor on the official weights of ``name`` (fetched into the cache on first use,
+        verified), or on ``checkpoint`` when given; re-parameterised for inference if ``fuse``."""
+        from ..hub import load_pretrained
+        from ..modeling.fuse import fuse_model
+
+        model = load_pretrained(name, checkpoint=checkpoint, device=device, download=download)
+        return cls(fuse_model(model, inplace=True) if fuse else model)
+
     # ------------------------------------------------------------------ image
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Compute the embedding of ``image``: (H, W, 3) uint8, in ``image_format`` (RGB/BGR)."""
+    def _prepare(self, image: object, image_format: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Any supported image -> ((1, 3, h, w) uint8 tensor resized for the model, (H, W))."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be an (H, W, 3) array, got shape {image.shape}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 (0..255), got {image.dtype}")
+        from ..io import to_rgb_uint8
+
+        rgb = to_rgb_uint8(image)  # (H, W, 3) uint8; documents the accepted inputs
         if image_format != self.model.image_format:
-            image = image[..., ::-1]
-        input_image = self.transform.apply_image(np.ascontiguousarray(image))
+            rgb = rgb[..., ::-1]
+        input_image = self.transform.apply_image(np.ascontiguousarray(rgb))
         input_torch = torch.as_tensor(input_image, device=self.device)
-        input_torch = input_torch.permute(2, 0, 1).contiguous()[None, :, :, :]  # (1, 3, h, w)
-        self.set_torch_image(input_torch, image.shape[:2])
+        return input_torch.permute(2, 0, 1).contiguous()[None, :, :, :], (rgb.shape[0], rgb.shape[1])
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of ``image``: (H, W, 3) uint8 in ``image_format`` (RGB or BGR).
+
+        Grayscale, RGBA, 16-bit and float-in-[0, 1] arrays (and PIL images) are converted to
+        8-bit RGB by :func:`repvit_sam.io.to_rgb_uint8`; other inputs are refused clearly.
+        """
+        input_torch, original_size = self._prepare(image, image_format)
+        self.set_torch_image(input_torch, original_size)
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Tuple[int, ...]) -> None:
@@ -71,6 +108,7 @@ class SamPredictor:
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Tuple[int, ...]] = None
         self.input_size: Optional[Tuple[int, ...]] = None
+        self._batch: List[Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]] = []
 
     @property
     def device(self) -> torch.device:
@@ -89,31 +127,69 @@ class SamPredictor:
         mask_input: Optional[np.ndarray] = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Masks for one set of prompts on the current image.
+    ) -> Prediction:
+        """Masks for prompts on the current image.
 
         point_coords: (N, 2) XY in original-image pixels; point_labels: (N,) 1 = foreground,
-        0 = background; box: (4,) XYXY; mask_input: (1, 256, 256) low-res logits from a
-        previous call. Returns masks (C, H, W) bool (logits if ``return_logits``), scores (C,)
-        and low-res logits (C, 256, 256); C = 3 with ``multimask_output`` else 1.
+        0 = background, -1 = ignore; box: (4,) XYXY, or (B, 4) for B boxes decoded in one
+        call (points, if any, then apply to every box); mask_input: (1, 256, 256) low-res
+        logits from a previous call. Returns masks (C, H, W) bool (logits if
+        ``return_logits``), scores (C,) and low-res logits (C, 256, 256), with C = 3 if
+        ``multimask_output`` else 1; with B > 1 boxes every output gains a leading B axis.
         """
         self._require_image("predict")
-        assert self.original_size is not None
+        assert self.features is not None and self.original_size is not None and self.input_size is not None
+        return self._predict_one(
+            self.features, self.original_size, self.input_size,
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits,
+        )
+
+    def _predict_one(
+        self,
+        features: torch.Tensor,
+        original_size: Tuple[int, ...],
+        input_size: Tuple[int, ...],
+        point_coords: object,
+        point_labels: object,
+        box: object,
+        mask_input: object,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> Prediction:
+        size = (int(original_size[0]), int(original_size[1]))
+        if point_coords is None and point_labels is not None:
+            raise PromptError("point_labels given without point_coords")
+        if point_coords is None and box is None and mask_input is None:
+            raise PromptError("no prompt given: pass point_coords + point_labels, a box, or a mask_input")
+        boxes = check_boxes(box, size) if box is not None else None
+        n = 1 if boxes is None else boxes.shape[0]
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be given with point_coords")
-            pc = self.transform.apply_coords(np.asarray(point_coords), self.original_size)
-            coords_t = torch.as_tensor(pc, dtype=torch.float, device=self.device)[None, :, :]
-            labels_t = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=self.device)[None, :]
-        if box is not None:
-            b = self.transform.apply_boxes(np.asarray(box), self.original_size)
-            box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)[None, :]
+            coords, labels = check_points(point_coords, point_labels, size)
+            coords = self.transform.apply_coords(coords, size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None].expand(n, -1, -1)
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None].expand(n, -1)
+        if boxes is not None:
+            box_t = torch.as_tensor(self.transform.apply_boxes(boxes, size), dtype=torch.float, device=self.device)
         if mask_input is not None:
-            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)[None, :, :, :]
+            low_hw = self.model.prompt_encoder.mask_input_size
+            mask_t = torch.as_tensor(check_mask_input(mask_input, n, low_hw), device=self.device)
 
-        masks, iou, low = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
-        return masks[0].detach().cpu().numpy(), iou[0].detach().cpu().numpy(), low[0].detach().cpu().numpy()
+        outs: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for i in range(0, n, DECODE_CHUNK):
+            sl = slice(i, i + DECODE_CHUNK)
+            outs.append(
+                self._decode(
+                    features, size, input_size,
+                    None if coords_t is None else coords_t[sl], None if labels_t is None else labels_t[sl],
+                    None if box_t is None else box_t[sl], None if mask_t is None else mask_t[sl],
+                    multimask_output, return_logits,
+                )
+            )
+        masks, iou, low = (torch.cat(parts).cpu().numpy() for parts in zip(*outs))
+        if n == 1:
+            return masks[0], iou[0], low[0]
+        return masks, iou, low
 
     @torch.no_grad()
     def predict_torch(
@@ -133,16 +209,80 @@ class SamPredictor:
         """
         self._require_image("predict_torch")
         assert self.features is not None and self.original_size is not None and self.input_size is not None
+        return self._decode(
+            self.features, self.original_size, self.input_size,
+            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits,
+        )
+
+    @torch.no_grad()
+    def _decode(
+        self,
+        features: torch.Tensor,
+        original_size: Tuple[int, ...],
+        input_size: Tuple[int, ...],
+        point_coords: Optional[torch.Tensor],
+        point_labels: Optional[torch.Tensor],
+        boxes: Optional[torch.Tensor],
+        mask_input: Optional[torch.Tensor],
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
+            image_embeddings=features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        masks = self.model.postprocess_masks(low_res, input_size, original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    # ------------------------------------------------------------------ several images
+    @torch.no_grad()
+    def set_image_batch(self, images: Sequence[np.ndarray], image_format: str = "RGB", batch_size: int = 4) -> None:
+        """Embed several images (any sizes), ``batch_size`` at a time through the encoder.
+
+        Then ``predict_batch`` decodes prompts for each. Replaces any image set before.
+        """
+        if len(images) == 0:
+            raise ValueError("set_image_batch needs at least one image")
+        prepared = [self._prepare(im, image_format) for im in images]
+        self.reset_image()
+        batch = []
+        for i in range(0, len(prepared), batch_size):
+            chunk = prepared[i : i + batch_size]
+            x = torch.cat([self.model.preprocess(t) for t, _ in chunk])  # (b, 3, S, S)
+            feats = self.model.image_encoder(x)
+            for (t, orig), f in zip(chunk, feats):
+                batch.append((f[None], orig, (int(t.shape[-2]), int(t.shape[-1]))))
+        self._batch = batch
+
+    def predict_batch(
+        self,
+        point_coords: Optional[Sequence[Optional[np.ndarray]]] = None,
+        point_labels: Optional[Sequence[Optional[np.ndarray]]] = None,
+        box: Optional[Sequence[Optional[np.ndarray]]] = None,
+        mask_input: Optional[Sequence[Optional[np.ndarray]]] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> List[Prediction]:
+        """``predict`` for each image of ``set_image_batch``: every argument is a list with one
+        entry (or None) per image, in original-image pixels of that image."""
+        if not self._batch:
+            raise RuntimeError("Images must be set with .set_image_batch(...) before predict_batch().")
+        n = len(self._batch)
+        args = []
+        for name, value in (("point_coords", point_coords), ("point_labels", point_labels), ("box", box), ("mask_input", mask_input)):
+            if value is None:
+                value = [None] * n
+            if len(value) != n:
+                raise PromptError(f"{name} must have one entry per image ({n}), got {len(value)}")
+            args.append(value)
+        return [
+            self._predict_one(f, orig, inp, pc, pl, b, m, multimask_output, return_logits)
+            for (f, orig, inp), pc, pl, b, m in zip(self._batch, *args)
+        ]

@@ -1,0 +1,595 @@
+"""Checkpoint manager: where official weights live, how they are fetched, and proof that a file is right.
+
+Conventions
+-----------
+* Cache: ``$REPVIT_SAM_HOME`` when set (``~`` is expanded), otherwise ``~/.cache/repvit_sam``.
+  Each official file is kept there under its upstream file name (``repvit_sam.pt``,
+  ``mobile_sam.pt``, ``sam_vit_b_01ec64.pth``, ...), so a file fetched by hand can simply be
+  dropped in.
+* Downloads stream with :mod:`urllib` into ``<dest>.part``; an existing ``.part`` is resumed with an
+  HTTP ``Range`` request. Only a file whose size and SHA-256 check out is moved into place, with an
+  atomic :func:`os.replace`; nothing half-written ever carries the final name.
+* Every file this module writes (downloads, hash sidecars) is written to a temporary name in the
+  same directory and renamed over the target, so readers see the old file or the new one, never a
+  mix.
+* ``<file>.sha256`` is a sidecar cache of a file's full SHA-256 (JSON: ``sha256``, ``size``,
+  ``mtime_ns``). It is trusted only while the file's size and mtime are unchanged, so a
+  multi-gigabyte checkpoint is hashed once, not on every start.
+* Errors: a network failure is a :class:`DownloadError` (a ``RuntimeError``) whose message is one
+  line naming the URL, the reason, and the path where the file can be put by hand. A file that is
+  not what it should be is a :class:`~repvit_sam.weights.CheckpointError` (hash/size:
+  :class:`IntegrityError`; missing: :class:`CheckpointNotFoundError`, also a ``FileNotFoundError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from . import registry
+from .config import resolve_name
+from .modeling.sam import Sam
+from .utils import atomic_write
+from .weights import CheckpointError, PathLike, compare_keys, extract_state_dict, read_checkpoint
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "CheckpointSpec",
+    "DownloadError",
+    "IntegrityError",
+    "KNOWN_CHECKPOINTS",
+    "cache_dir",
+    "cached_path",
+    "check_keys",
+    "download",
+    "file_sha256",
+    "load_pretrained",
+    "resolve_checkpoint",
+    "verify_file",
+]
+
+ENV_HOME = "REPVIT_SAM_HOME"
+DEFAULT_TIMEOUT = 60.0  # seconds without progress (connect, or between two reads) before giving up
+_CHUNK = 1 << 20
+_USER_AGENT = "repvit-sam-hub/0.1 (+urllib)"
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One official checkpoint file.
+
+    ``size_bytes`` and ``sha256`` are ``None`` where no public source states them; then only the
+    key/shape table of the model vouches for the file. ``sha256_prefix`` is the leading hex digits
+    of the SHA-256 where the publisher encodes them in the file name (SAM does).
+    """
+
+    model: str
+    filename: str
+    url: str
+    size_bytes: Optional[int]
+    sha256: Optional[str]
+    sha256_prefix: Optional[str]
+    license: str
+    source: str
+
+
+# The hex in SAM's file names (01ec64, 0b3195, 4b8939) is NOT the start of the file's SHA-256
+# (which begin ec2df6, 3adcc4, a7bf3b): it is the start of the MD5, e.g. sam_vit_h's MD5
+# 4b8939a88964f0f4ff5f5b2642c598a6 as pinned by several downloaders found by code search. Using it
+# as ``sha256_prefix`` would reject the genuine files, so SAM's specs carry the full SHA-256 instead.
+#
+# Sizes and full hashes below were taken from public records, never computed or guessed here:
+# Git LFS pointer files on the Hugging Face Hub, whose ``oid sha256:`` is by definition the SHA-256
+# of the file's content and whose ``size`` is its length in bytes. Re-uploads by several unrelated
+# accounts agree with each other and with the hashes pinned in other projects' download code.
+KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
+    "repvit": CheckpointSpec(
+        model="repvit",
+        filename="repvit_sam.pt",
+        # URL: THU-MIG/RepViT, sam/README.md ("Installation": wget .../releases/download/v1.0/repvit_sam.pt).
+        url="https://github.com/THU-MIG/RepViT/releases/download/v1.0/repvit_sam.pt",
+        # Size and SHA-256: NOT confirmed by any public source found (searched code, docs, issues
+        # and pages for the release asset and for LFS pointers of re-uploads), so left unset; the
+        # key/shape check against the RepViT-SAM table is what verifies this file.
+        size_bytes=None,
+        sha256=None,
+        sha256_prefix=None,
+        license="Apache-2.0",
+        source="THU-MIG/RepViT GitHub release v1.0",
+    ),
+    "vit_t": CheckpointSpec(
+        model="vit_t",
+        filename="mobile_sam.pt",
+        # URL: the file weights/mobile_sam.pt in ChaoningZhang/MobileSAM, raw download (the form used
+        # by e.g. HumanSignal/label-studio-ml-backend .../segment_anything_model/download_models.sh).
+        url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        # Size and SHA-256: LFS pointers of re-uploads,
+        #   https://huggingface.co/iulia-elisa/XAMI-model/commit/a82e1f78411fa0ee9ee18befa1c9af36dc828493
+        #   https://huggingface.co/licyk/controlnet_v1.1_annotator/commit/9a2c6087c9e787a3e8f37d2f64960f20a1a32fb1
+        # (oid sha256:6dbb9052..., size 40728226); the same SHA-256 is pinned for "vit_t" in
+        # computational-cell-analytics/micro-sam, micro_sam/util.py (_CHECKSUMS), which downloads
+        # from the MobileSAM repository itself.
+        size_bytes=40_728_226,
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        sha256_prefix=None,
+        license="Apache-2.0",
+        source="ChaoningZhang/MobileSAM repository, weights/mobile_sam.pt",
+    ),
+    "vit_b": CheckpointSpec(
+        model="vit_b",
+        filename="sam_vit_b_01ec64.pth",
+        # URL: facebookresearch/segment-anything README, "Model Checkpoints".
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        # Size and SHA-256: LFS pointers, e.g.
+        #   https://huggingface.co/andzhang01/segment_anything/commit/c862f42541f40f5a5830d8d2551199e7d9358297
+        #   https://huggingface.co/netradrishti/sam/commit/0ca332df7096f034b3d7f18f9ce6b6912dbce70b
+        #   https://huggingface.co/mashb1t/misc/commit/78e181357bf2e286bf2e76635c0b5cd89583c5d9
+        # (oid sha256:ec2df627..., size 375042383); micro-sam's _CHECKSUMS agrees on the hash.
+        size_bytes=375_042_383,
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        sha256_prefix=None,  # "01ec64" in the name is an MD5 prefix, not a SHA-256 one (see above)
+        license="Apache-2.0",
+        source="facebookresearch/segment-anything, dl.fbaipublicfiles.com",
+    ),
+    "vit_l": CheckpointSpec(
+        model="vit_l",
+        filename="sam_vit_l_0b3195.pth",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        # Size and SHA-256: LFS pointers, e.g.
+        #   https://huggingface.co/andzhang01/segment_anything/commit/99466851cb3f441191094596ec2396dd38cee644
+        #   https://huggingface.co/netradrishti/sam/commit/0ca332df7096f034b3d7f18f9ce6b6912dbce70b
+        #   https://huggingface.co/spaces/lemonaddie/geowizard/commit/c9708de8fb280f06a8166a9acf85435af87f7b16
+        # (oid sha256:3adcc431..., size 1249524607); micro-sam's _CHECKSUMS agrees on the hash.
+        size_bytes=1_249_524_607,
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        sha256_prefix=None,
+        license="Apache-2.0",
+        source="facebookresearch/segment-anything, dl.fbaipublicfiles.com",
+    ),
+    "vit_h": CheckpointSpec(
+        model="vit_h",
+        filename="sam_vit_h_4b8939.pth",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        # Size and SHA-256: LFS pointers, e.g.
+        #   https://huggingface.co/andzhang01/segment_anything/commit/d579a94be8a2b17e806578b86bb02bcd82ab66a6
+        #   https://huggingface.co/netradrishti/sam/commit/0ca332df7096f034b3d7f18f9ce6b6912dbce70b
+        #   https://huggingface.co/spaces/TencentARC/BrushNet/commit/7c682c58b906cb43063f6b8985e745ef107ba743
+        # (oid sha256:a7bf3b02..., size 2564550879); micro-sam's _CHECKSUMS agrees on the hash.
+        size_bytes=2_564_550_879,
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        sha256_prefix=None,
+        license="Apache-2.0",
+        source="facebookresearch/segment-anything, dl.fbaipublicfiles.com",
+    ),
+}
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched (network, HTTP status, timeout). The message is one line."""
+
+
+class IntegrityError(CheckpointError):
+    """A file's size or SHA-256 is not the expected one."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that was asked for does not exist (and may not be downloaded)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths and small helpers
+
+
+def cache_dir() -> Path:
+    """``$REPVIT_SAM_HOME`` if set and non-empty, else ``~/.cache/repvit_sam`` (not created here)."""
+    env = os.environ.get(ENV_HOME, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "repvit_sam"
+
+
+def cached_path(name: str) -> Path:
+    """Where the official checkpoint of model ``name`` (or an alias) is kept in the cache."""
+    return cache_dir() / _spec(name).filename
+
+
+def _spec(name: str) -> CheckpointSpec:
+    key = resolve_name(name)
+    try:
+        return KNOWN_CHECKPOINTS[key]
+    except KeyError:
+        raise KeyError(f"no official checkpoint is known for model {key!r}; pass checkpoint=PATH") from None
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _part_path(dest: Path) -> Path:
+    return dest.with_suffix(dest.suffix + ".part")
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _manual_hint(dest: Path) -> str:
+    return f"put the file at {dest} or pass --checkpoint PATH"
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _lock(dest: Path) -> Iterator[None]:
+    """Serialise downloads of ``dest`` between processes (POSIX ``flock`` on ``<dest>.lock``;
+    a no-op where ``fcntl`` is missing). The lock file is left in place on purpose: removing it
+    would let two processes lock two different files."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process lock, the .part file is still never renamed unverified
+        yield
+        return
+    lock_path = dest.with_name(dest.name + ".lock")
+    with open(lock_path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashing and verification
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_sidecar(path: Path, digest: str) -> None:
+    st = path.stat()
+    record = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    with atomic_write(_sidecar_path(path), "w") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def file_sha256(path: PathLike, *, use_cache: bool = True) -> str:
+    """Full SHA-256 (lower-case hex) of ``path``.
+
+    With ``use_cache`` the value is read from ``<path>.sha256`` when that sidecar records the
+    file's current size and mtime, and the sidecar is (re)written after hashing otherwise.
+    """
+    p = Path(path)
+    if use_cache:
+        st = p.stat()
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            record = json.loads(_sidecar_path(p).read_text(encoding="utf-8"))
+            digest = str(record["sha256"]).lower()
+            if record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns and re.fullmatch(r"[0-9a-f]{64}", digest):
+                return digest
+    digest = _hash_file(p)
+    if use_cache:
+        with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes again
+            _write_sidecar(p, digest)
+    return digest
+
+
+def _check_expectations(
+    actual_size: int,
+    digest: Optional[str],
+    *,
+    sha256: Optional[str],
+    sha256_prefix: Optional[str],
+    size: Optional[int],
+    what: str,
+) -> Optional[str]:
+    """The reason ``what`` fails the expectations, or None when it passes."""
+    if size is not None and actual_size != size:
+        return f"{what} has {actual_size} bytes, expected {size}"
+    if digest is not None:
+        if sha256 is not None and digest != sha256.lower():
+            return f"{what} has sha256 {digest}, expected {sha256.lower()}"
+        if sha256_prefix is not None and not digest.startswith(sha256_prefix.lower()):
+            return f"{what} has sha256 {digest}, expected one starting with {sha256_prefix.lower()}"
+    return None
+
+
+def verify_file(
+    path: PathLike,
+    *,
+    sha256: Optional[str] = None,
+    sha256_prefix: Optional[str] = None,
+    size: Optional[int] = None,
+    use_cache: bool = True,
+) -> None:
+    """Raise :class:`IntegrityError` unless ``path`` has the given size and SHA-256 (full or prefix).
+
+    The size is checked first (free); the hash only when one is expected, via :func:`file_sha256`.
+    """
+    p = Path(path)
+    digest = file_sha256(p, use_cache=use_cache) if (sha256 or sha256_prefix) else None
+    reason = _check_expectations(p.stat().st_size, digest, sha256=sha256, sha256_prefix=sha256_prefix, size=size, what=str(p))
+    if reason is not None:
+        raise IntegrityError(reason)
+
+
+def check_keys(path: PathLike, name: str) -> None:
+    """Raise :class:`CheckpointError` unless the state_dict in ``path`` has exactly the keys and
+    shapes of model ``name`` (read with ``weights_only=True``; nothing in the file is executed)."""
+    key = resolve_name(name)
+    sd = extract_state_dict(read_checkpoint(path), source=str(path))
+    report = compare_keys(sd, registry.key_shapes(key))
+    if not report.ok:
+        raise CheckpointError(f"{path} does not fit model {key!r}: {report.summary()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Downloading
+
+
+def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """``(start, total)`` of a ``Content-Range: bytes start-end/total`` header (None where absent)."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value or "")
+    if not m:
+        return None, None
+    return int(m.group(1)), (None if m.group(2) == "*" else int(m.group(2)))
+
+
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _network_reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return "timed out"
+        return _one_line(reason)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return _one_line(exc) or type(exc).__name__
+
+
+def download(
+    url: str,
+    dest: PathLike,
+    *,
+    sha256: Optional[str] = None,
+    sha256_prefix: Optional[str] = None,
+    size: Optional[int] = None,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """Fetch ``url`` to ``dest`` and return ``dest`` once its size and SHA-256 are verified.
+
+    Bytes go to ``<dest>.part``. If that file exists (an interrupted earlier run) only the rest is
+    requested with ``Range: bytes=N-``; a server that answers ``200`` instead of ``206`` gets the
+    file written again from byte 0. ``size``/``sha256``/``sha256_prefix`` (any may be None) are
+    checked before the ``.part`` file is renamed to ``dest`` with :func:`os.replace`; on a mismatch
+    the ``.part`` file is deleted and :class:`IntegrityError` is raised. A network failure keeps the
+    ``.part`` file (the next call resumes) and raises :class:`DownloadError` with a one-line
+    message. ``timeout`` is in seconds, for connecting and for each read. ``dest``'s full SHA-256
+    is recorded in ``<dest>.sha256``.
+    """
+    dest = Path(dest).expanduser()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(dest):
+        return _download_locked(url, dest, sha256=sha256, sha256_prefix=sha256_prefix, size=size, progress=progress, timeout=timeout)
+
+
+def _hash_prefix_of(part: Path) -> "hashlib._Hash":
+    """A SHA-256 object fed with the bytes already in ``part`` (so a resumed download is hashed
+    once, while it streams, instead of being read again at the end)."""
+    hasher = hashlib.sha256()
+    with open(part, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            hasher.update(block)
+    return hasher
+
+
+def _download_locked(
+    url: str,
+    dest: Path,
+    *,
+    sha256: Optional[str],
+    sha256_prefix: Optional[str],
+    size: Optional[int],
+    progress: bool,
+    timeout: float,
+) -> Path:
+    part = _part_path(dest)
+
+    def fail(exc: BaseException) -> DownloadError:
+        kept = part.stat().st_size if part.exists() else 0
+        resume = f"; {kept} bytes kept in {part}, run again to resume" if kept else ""
+        return DownloadError(f"could not download {url} ({_network_reason(exc)}){resume}; {_manual_hint(dest)}")
+
+    def reject(reason: str) -> IntegrityError:
+        _unlink(part)
+        return IntegrityError(f"download of {url} rejected: {reason}; the partial file was deleted; {_manual_hint(dest)}")
+
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:  # cannot be a prefix of the right file
+        _unlink(part)
+        offset = 0
+
+    if size is not None and offset == size:  # an earlier run got every byte: only verify
+        hasher = _hash_prefix_of(part)
+    else:
+        response, offset, total, body = _negotiate(url, part, offset, timeout, fail)
+        with response:
+            if size is not None and total is not None and total != size:
+                raise reject(f"the server reports {total} bytes, expected {size}")
+            hasher = _hash_prefix_of(part) if offset else hashlib.sha256()
+            received = offset
+            with tqdm(
+                total=total if total is not None else size,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=not progress,
+            ) as bar, open(part, "ab" if offset else "wb") as out:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        out.flush()
+                        raise fail(e) from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+        if body is not None and received < offset + body:
+            raise fail(ConnectionError(f"connection closed after {received} of {offset + body} bytes"))
+
+    digest = hasher.hexdigest()
+    reason = _check_expectations(part.stat().st_size, digest, sha256=sha256, sha256_prefix=sha256_prefix, size=size, what="the file")
+    if reason is not None:
+        raise reject(reason)
+    os.replace(part, dest)
+    with contextlib.suppress(OSError):
+        _write_sidecar(dest, digest)
+    return dest
+
+
+def _negotiate(
+    url: str, part: Path, offset: int, timeout: float, fail: Callable[[BaseException], DownloadError]
+) -> tuple[http.client.HTTPResponse, int, Optional[int], Optional[int]]:
+    """Open ``url`` from byte ``offset`` and return ``(response, offset, total, body)``.
+
+    ``offset`` is where the body starts in the file: the one asked for when the server answered
+    ``206`` with that range, else 0 (a ``200``, or a ``206``/``416`` that does not fit our ``.part``,
+    which is then deleted and the file requested whole). ``total`` is the file's full length and
+    ``body`` the body's, where the headers state them.
+    """
+    for _ in range(2):
+        try:
+            response = _open(url, offset, timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code == 416 and offset > 0:  # our .part is not a prefix of what the server has
+                _unlink(part)
+                offset = 0
+                continue
+            raise fail(e) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            raise fail(e) from None
+        length = response.headers.get("Content-Length", "")
+        body = int(length) if length.strip().isdigit() else None
+        if response.status == 206:
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if start == offset:
+                return response, offset, total, body
+            response.close()  # a range we did not ask for: start over
+            _unlink(part)
+            offset = 0
+            continue
+        if response.status == 200:  # the whole file, whatever was asked
+            return response, 0, body, body
+        response.close()
+        raise fail(RuntimeError(f"unexpected HTTP status {response.status}"))
+    raise fail(RuntimeError("the server did not answer a request for the whole file"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolving and loading
+
+
+def resolve_checkpoint(
+    name: str,
+    checkpoint: Optional[PathLike] = None,
+    *,
+    download: bool = True,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """The path of a checkpoint for model ``name`` (official name or alias), verified.
+
+    * ``checkpoint`` given: that path, as is (it must exist; never hashed, never downloaded; its
+      keys are checked when the model loads it).
+    * otherwise the official file in :func:`cache_dir`, downloaded first when missing and
+      ``download`` is true. Before it is returned the file's size and SHA-256 are checked where
+      they are known (the hash is cached in ``<file>.sha256``) and its state_dict is compared with
+      the model's key/shape table.
+
+    Raises :class:`CheckpointNotFoundError`, :class:`DownloadError`, :class:`IntegrityError` or
+    :class:`~repvit_sam.weights.CheckpointError` (wrong keys, unreadable file).
+    """
+    key = resolve_name(name)
+    if checkpoint is not None:
+        p = Path(checkpoint).expanduser()
+        if not p.exists():
+            raise CheckpointNotFoundError(f"checkpoint not found: {p}")
+        if not p.is_file():
+            raise CheckpointNotFoundError(f"checkpoint path is not a file: {p}")
+        return p
+
+    spec = _spec(key)
+    path = cache_dir() / spec.filename
+    if not path.exists():
+        if not download:
+            raise CheckpointNotFoundError(
+                f"no checkpoint for {key!r} at {path} and downloading is off; "
+                f"download {spec.url} to that path or pass --checkpoint PATH"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(path):
+            if not path.exists():  # another process may have fetched it while we waited
+                _download_locked(
+                    spec.url, path, sha256=spec.sha256, sha256_prefix=spec.sha256_prefix,
+                    size=spec.size_bytes, progress=progress, timeout=timeout,
+                )
+
+    try:
+        verify_file(path, sha256=spec.sha256, sha256_prefix=None if spec.sha256 else spec.sha256_prefix, size=spec.size_bytes)
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"{e} (not the official {key!r} checkpoint from {spec.url}); delete it to download it again, "
+            f"or pass --checkpoint PATH to use it anyway"
+        ) from None
+    check_keys(path, key)
+    return path
+
+
+def load_pretrained(
+    name: str,
+    checkpoint: Optional[PathLike] = None,
+    device: Optional[str | torch.device] = None,
+    download: bool = True,
+    *,
+    progress: bool = True,
+) -> Sam:
+    """``build_sam(name)`` with the weights from :func:`resolve_checkpoint` (the official file,
+    fetched into the cache when missing, unless ``checkpoint`` names another), in eval mode on
+    ``device`` (default CPU). ``progress`` shows a download progress bar on stderr."""
+    path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
+    return registry.build_sam(name, checkpoint=path, device=device)
