@@ -10,7 +10,6 @@ from typing import Tuple, Type
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class LayerNorm2d(nn.Module):
@@ -103,8 +102,3 @@ class Conv2d_BN(nn.Sequential):
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
         return conv_like(self.c, *self.fused_weight_bias())
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """The exact (erf) GELU used everywhere in these models."""
-    return F.gelu(x)

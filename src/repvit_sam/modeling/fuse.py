@@ -12,16 +12,13 @@ import copy
 from torch import nn
 
 
-def _fuse_children(module: nn.Module) -> int:
-    count = 0
+def _fuse_children(module: nn.Module) -> None:
     for name, child in module.named_children():
         fuse = getattr(child, "fuse", None)
         if callable(fuse):
             setattr(module, name, fuse())
-            count += 1
         else:
-            count += _fuse_children(child)
-    return count
+            _fuse_children(child)
 
 
 def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
