@@ -6,6 +6,7 @@
 """
 
 from .config import VARIANTS, SamConfig
+from .inference.automatic import SamAutomaticMaskGenerator
 from .inference.predictor import SamPredictor
 from .inference.transforms import ResizeLongestSide
 from .modeling.fuse import fuse_model
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "ResizeLongestSide",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
     "VARIANTS",
