@@ -43,7 +43,7 @@ from . import registry
 from .config import resolve_name
 from .modeling.sam import Sam
 from .utils import atomic_write
-from .weights import CheckpointError, PathLike, compare_keys, extract_state_dict, read_checkpoint
+from .weights import CheckpointError, PathLike, check_fits, extract_state_dict, read_checkpoint
 
 __all__ = [
     "CheckpointNotFoundError",
@@ -336,9 +336,7 @@ def check_keys(path: PathLike, name: str) -> None:
     shapes of model ``name`` (read with ``weights_only=True``; nothing in the file is executed)."""
     key = resolve_name(name)
     sd = extract_state_dict(read_checkpoint(path), source=str(path))
-    report = compare_keys(sd, registry.key_shapes(key))
-    if not report.ok:
-        raise CheckpointError(f"{path} does not fit model {key!r}: {report.summary()}")
+    check_fits(sd, registry.key_shapes(key), variant=key, source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,6 +529,7 @@ def resolve_checkpoint(
     download: bool = True,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    verify_keys: bool = True,
 ) -> Path:
     """The path of a checkpoint for model ``name`` (official name or alias), verified.
 
@@ -539,7 +538,8 @@ def resolve_checkpoint(
     * otherwise the official file in :func:`cache_dir`, downloaded first when missing and
       ``download`` is true. Before it is returned the file's size and SHA-256 are checked where
       they are known (the hash is cached in ``<file>.sha256``) and its state_dict is compared with
-      the model's key/shape table.
+      the model's key/shape table (``verify_keys=False`` skips that read, for a caller that
+      loads the file strictly right after, as :func:`load_pretrained` does).
 
     Raises :class:`CheckpointNotFoundError`, :class:`DownloadError`, :class:`IntegrityError` or
     :class:`~repvit_sam.weights.CheckpointError` (wrong keys, unreadable file).
@@ -576,7 +576,8 @@ def resolve_checkpoint(
             f"{e} (not the official {key!r} checkpoint from {spec.url}); delete it to download it again, "
             f"or pass --checkpoint PATH to use it anyway"
         ) from None
-    check_keys(path, key)
+    if verify_keys:
+        check_keys(path, key)
     return path
 
 
@@ -591,5 +592,6 @@ def load_pretrained(
     """``build_sam(name)`` with the weights from :func:`resolve_checkpoint` (the official file,
     fetched into the cache when missing, unless ``checkpoint`` names another), in eval mode on
     ``device`` (default CPU). ``progress`` shows a download progress bar on stderr."""
-    path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
+    # build_sam checks the keys strictly while loading: reading the file once is enough.
+    path = resolve_checkpoint(name, checkpoint, download=download, progress=progress, verify_keys=False)
     return registry.build_sam(name, checkpoint=path, device=device)

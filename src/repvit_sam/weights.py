@@ -154,6 +154,30 @@ def guess_variant(state_dict: Mapping[str, Any], candidates: Mapping[str, Mappin
     return max(scored, key=lambda t: t[1])
 
 
+def check_fits(
+    state_dict: Mapping[str, Any],
+    expected: Mapping[str, Tuple[int, ...]],
+    *,
+    variant: str,
+    source: str,
+    known_tables: Optional[Iterable[Tuple[str, Mapping[str, Tuple[int, ...]]]]] = None,
+) -> None:
+    """Raise one CheckpointError unless ``state_dict`` has exactly the keys and shapes of
+    ``expected``; it names the missing, unexpected and mis-shaped keys and, given
+    ``known_tables``, the variant the file resembles."""
+    report = compare_keys(state_dict, expected)
+    if report.ok:
+        return
+    msg = f"{source} does not fit model {variant!r}: {report.summary()}."
+    if known_tables is not None:
+        guess = guess_variant(state_dict, dict(known_tables))
+        if guess is not None and guess[0] != variant and guess[1] >= 0.5:
+            msg += f" The file looks like a {guess[0]!r} checkpoint ({guess[1]:.0%} of keys match): try build_sam({guess[0]!r}, checkpoint=...)."
+        elif guess is not None and guess[1] < 0.5:
+            msg += " It does not resemble any known variant."
+    raise CheckpointError(msg)
+
+
 def load_into(
     model: nn.Module,
     state_dict: StateDict,
@@ -162,16 +186,6 @@ def load_into(
     source: str,
     known_tables: Optional[Iterable[Tuple[str, Mapping[str, Tuple[int, ...]]]]] = None,
 ) -> None:
-    """Strictly load ``state_dict`` into ``model``; on any mismatch raise one CheckpointError
-    naming the missing, unexpected and mis-shaped keys and the variant the file resembles."""
-    report = compare_keys(state_dict, model_key_shapes(model))
-    if not report.ok:
-        msg = f"{source} does not fit model {variant!r}: {report.summary()}."
-        if known_tables is not None:
-            guess = guess_variant(state_dict, dict(known_tables))
-            if guess is not None and guess[0] != variant and guess[1] >= 0.5:
-                msg += f" The file looks like a {guess[0]!r} checkpoint ({guess[1]:.0%} of keys match): try build_sam({guess[0]!r}, checkpoint=...)."
-            elif guess is not None and guess[1] < 0.5:
-                msg += " It does not resemble any known variant."
-        raise CheckpointError(msg)
+    """Strictly load ``state_dict`` into ``model``, after :func:`check_fits`."""
+    check_fits(state_dict, model_key_shapes(model), variant=variant, source=source, known_tables=known_tables)
     model.load_state_dict(state_dict, strict=True)
