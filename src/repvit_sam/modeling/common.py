@@ -102,3 +102,13 @@ class Conv2d_BN(nn.Sequential):
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
         return conv_like(self.c, *self.fused_weight_bias())
+
+
+def sam_neck(in_chans: int, out_chans: int) -> nn.Sequential:
+    """SAM's encoder neck: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (keys neck.0 ... neck.3)."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, 1, bias=False),
+        LayerNorm2d(out_chans),
+        nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+        LayerNorm2d(out_chans),
+    )

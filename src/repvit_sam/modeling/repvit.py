@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import RepViTConfig
-from .common import Conv2d_BN, LayerNorm2d, conv_like, fold_batchnorm
+from .common import Conv2d_BN, conv_like, fold_batchnorm, sam_neck
 
 
 def _round_channels(value: float, divisor: int = 8) -> int:
@@ -124,12 +124,7 @@ class RepViT(nn.Module):
             layers.append(RepViTBlock(c, block.channels, 3, block.stride, block.use_se))
             c = block.channels
         self.features = nn.ModuleList(layers)
-        self.neck = nn.Sequential(
-            nn.Conv2d(c, cfg.out_chans, 1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-            nn.Conv2d(cfg.out_chans, cfg.out_chans, 3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-        )
+        self.neck = sam_neck(c, cfg.out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for f in self.features:

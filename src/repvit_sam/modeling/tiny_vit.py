@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import TinyViTConfig
-from .common import Conv2d_BN, LayerNorm2d
+from .common import Conv2d_BN, sam_neck
 
 
 class PatchEmbed(nn.Module):
@@ -254,12 +254,7 @@ class TinyViT(nn.Module):
         # official checkpoint loads strictly.
         self.norm_head = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], cfg.num_classes)
-        self.neck = nn.Sequential(
-            nn.Conv2d(dims[-1], cfg.out_chans, 1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-            nn.Conv2d(cfg.out_chans, cfg.out_chans, 3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-        )
+        self.neck = sam_neck(dims[-1], cfg.out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ViTConfig
-from .common import LayerNorm2d, MLPBlock
+from .common import MLPBlock, sam_neck
 
 
 def window_partition(x: torch.Tensor, ws: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -158,12 +158,7 @@ class ImageEncoderViT(nn.Module):
                 for i in range(cfg.depth)
             ]
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(cfg.embed_dim, cfg.out_chans, 1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-            nn.Conv2d(cfg.out_chans, cfg.out_chans, 3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-        )
+        self.neck = sam_neck(cfg.embed_dim, cfg.out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x) + self.pos_embed  # (B, 64, 64, C)
