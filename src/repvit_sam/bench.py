@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .modeling.fuse import fuse_model
+from .backends import prepare_encoder
 from .registry import build_sam
 from .utils import write_json_atomic
 
@@ -28,15 +28,7 @@ BACKENDS = ("eager", "fused", "fused-cl")
 
 def prepare(encoder: nn.Module, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The encoder in the given form, as a callable on a (B, 3, S, S) input."""
-    if backend == "eager":
-        return encoder
-    fused = fuse_model(encoder)
-    if backend == "fused":
-        return fused
-    if backend == "fused-cl":
-        fused = fused.to(memory_format=torch.channels_last)
-        return lambda x: fused(x.contiguous(memory_format=torch.channels_last))
-    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    return prepare_encoder(encoder, backend)
 
 
 def time_encoder(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, runs: int, warmup: int = 1) -> Dict[str, float]:

@@ -7,11 +7,12 @@ one line on stderr; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -168,11 +169,25 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 @dataclass(frozen=True)
 class Command:
+    """A subcommand: ``add`` registers its parser on the subparsers action. It is a function or a
+    ``"module:function"`` string, imported only when the parser is built, so ``repvit-sam --help``
+    never imports a feature's heavy optional dependencies (those belong inside its ``run``)."""
+
     name: str
-    add: Callable[[argparse._SubParsersAction], None]
+    add: Union[str, Callable[[argparse._SubParsersAction], None]]
+
+    def register(self, sub: argparse._SubParsersAction) -> None:
+        add = self.add
+        if isinstance(add, str):
+            module, _, func = add.partition(":")
+            add = getattr(importlib.import_module(module, __package__), func)
+        add(sub)
 
 
-COMMANDS = (Command("segment", add_segment), Command("bench", add_bench))
+COMMANDS = (
+    Command("segment", add_segment),
+    Command("bench", add_bench),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for c in COMMANDS:
-        c.add(sub)
+        c.register(sub)
     return parser
 
 
