@@ -108,3 +108,16 @@ def test_grayscale_input_equals_replicated_rgb(predictor, image):
     emb_gray = predictor.get_image_embedding().clone()
     predictor.set_image(np.repeat(image[..., :1], 3, axis=2))
     torch.testing.assert_close(predictor.get_image_embedding(), emb_gray)
+
+
+def test_backend_option_matches_plain_encoder(predictor, image):
+    """backend='fused' gives the plain encoder's embedding (within fusion round-off);
+    an unknown backend is refused by name."""
+    from repvit_sam.backends import BackendError
+
+    fast = SamPredictor(predictor.model, backend="fused-cl")
+    fast.set_image(image)
+    a, b = predictor.get_image_embedding(), fast.get_image_embedding()
+    assert float((a - b).norm() / a.norm()) < 1e-5
+    with pytest.raises(BackendError, match="unknown backend 'nope'"):
+        SamPredictor(predictor.model, backend="nope")

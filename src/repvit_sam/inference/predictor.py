@@ -30,8 +30,17 @@ class SamPredictor:
     are validated with errors that name the problem; ``from_pretrained`` builds a ready model.
     """
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, backend: Optional[str] = None) -> None:
+        """``backend``: how the image encoder runs (see :mod:`repvit_sam.backends`, e.g.
+        ``"fused-cl"`` or ``"bf16"``); ``None`` calls ``sam_model.image_encoder`` as it is."""
         self.model = sam_model
+        self.backend = backend
+        if backend is None:
+            self._encode = sam_model.image_encoder
+        else:
+            from ..backends import prepare_encoder
+
+            self._encode = prepare_encoder(sam_model.image_encoder, backend)
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -43,6 +52,7 @@ class SamPredictor:
         device: Optional[str | torch.device] = None,
         fuse: bool = True,
         download: bool = True,
+        backend: Optional[str] = None,
     ) -> "SamPredictor":
         """A predictor on the official weights of ``name`` (fetched into the cache on first use,
         verified), or on ``checkpoint`` when given; re-parameterised for inference if ``fuse``."""
@@ -50,7 +60,7 @@ class SamPredictor:
         from ..modeling.fuse import fuse_model
 
         model = load_pretrained(name, checkpoint=checkpoint, device=device, download=download)
-        return cls(fuse_model(model, inplace=True) if fuse else model)
+        return cls(fuse_model(model, inplace=True) if fuse else model, backend=backend)
 
     # ------------------------------------------------------------------ image
     def _prepare(self, image: object, image_format: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -93,7 +103,7 @@ class SamPredictor:
         self.original_size = tuple(int(v) for v in original_image_size)
         self.input_size = tuple(int(v) for v in transformed_image.shape[-2:])
         input_image = self.model.preprocess(transformed_image)
-        self.features = self.model.image_encoder(input_image)
+        self.features = self._encode(input_image)
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -256,7 +266,7 @@ class SamPredictor:
         for i in range(0, len(prepared), batch_size):
             chunk = prepared[i : i + batch_size]
             x = torch.cat([self.model.preprocess(t) for t, _ in chunk])  # (b, 3, S, S)
-            feats = self.model.image_encoder(x)
+            feats = self._encode(x)
             for (t, orig), f in zip(chunk, feats):
                 batch.append((f[None], orig, (int(t.shape[-2]), int(t.shape[-1]))))
         self._batch = batch
