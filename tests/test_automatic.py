@@ -131,7 +131,8 @@ def _disc_logits(h, w, px, py, r):
 
 
 def _disc_generator(model, edit=None, **kw):
-    gen = _gen(model, **kw)
+    """The reference path with the decoder replaced by known disc-shaped logits."""
+    gen = _gen(model, impl="reference", **kw)
     pred = gen.predictor
 
     def fake_predict_torch(point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True, return_logits=False):

@@ -32,9 +32,21 @@ import numpy as np
 import torch
 
 from ..modeling.sam import Sam
+from .fast_decoder import FastDecoder
 from .predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+IMPLS = ("fast", "reference")
+PRECISIONS = ("fp32", "bf16")
+SAMPLINGS = ("grid", "coarse-to-fine")
+
+# Fast path: prompts per transformer pass and per upscaling pass, and full-resolution masks
+# held at once. Sized so each pass's working set (about 4 MB per prompt in the transformer,
+# 12 MB in the upscaling, 4 bytes per pixel per full-size mask) stays near the last-level cache.
+TOKEN_CHUNK = 8
+MASK_CHUNK = 4
+FULLRES_CHUNK = 8
+FULLRES_PIXELS = 16 * 1024 * 1024  # at most this many full-size logits (64 MB) at once
 
 # --------------------------------------------------------------------------- boxes and NMS
 
@@ -303,6 +315,15 @@ class _MaskData:
         )
 
 
+def _coverage(data: "_MaskData", crop_box: Sequence[int]) -> np.ndarray:
+    """Union of the masks in ``data`` (full-image RLEs) within ``crop_box``: (h, w) bool."""
+    x0, y0, x1, y1 = (int(v) for v in crop_box)
+    covered = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for rle in data.fields["rles"]:
+        covered |= uncompressed_rle_to_mask(rle)[y0:y1, x0:x1]
+    return covered
+
+
 def _check_number(name: str, value: Any, lo: Optional[float] = None, hi: Optional[float] = None, integer: bool = False) -> None:
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
@@ -353,7 +374,23 @@ class SamAutomaticMaskGenerator:
         point_grids: Optional[List[np.ndarray]] = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        *,
+        impl: str = "fast",
+        precision: str = "fp32",
+        backend: Optional[str] = None,
+        sampling: str = "grid",
+        coarse_points_per_side: Optional[int] = None,
     ) -> None:
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(repr(m) for m in IMPLS)}; got {impl!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(repr(m) for m in PRECISIONS)}; got {precision!r}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(repr(m) for m in SAMPLINGS)}; got {sampling!r}")
+        if impl == "reference" and (precision != "fp32" or sampling != "grid"):
+            raise ValueError("impl='reference' is the plain algorithm: it takes precision='fp32' and sampling='grid' only")
+        if sampling == "coarse-to-fine" and points_per_side is None:
+            raise ValueError("sampling='coarse-to-fine' refines a regular grid: give points_per_side, not point_grids")
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side and point_grids must be given (set the other to None)")
         _check_number("points_per_batch", points_per_batch, lo=1, integer=True)
@@ -397,7 +434,22 @@ class SamAutomaticMaskGenerator:
                 checked.append(arr)
             self.point_grids = checked
 
-        self.predictor = SamPredictor(model)
+        if sampling == "coarse-to-fine":
+            coarse = coarse_points_per_side if coarse_points_per_side is not None else max(1, int(points_per_side) // 4)
+            _check_number("coarse_points_per_side", coarse, lo=1, hi=points_per_side, integer=True)
+            self.coarse_points_per_side = int(coarse)
+        elif coarse_points_per_side is not None:
+            raise ValueError("coarse_points_per_side applies to sampling='coarse-to-fine' only")
+        else:
+            self.coarse_points_per_side = None
+
+        self.predictor = SamPredictor(model, backend=backend)
+        self.impl = impl
+        self.precision = precision
+        self.sampling = sampling
+        self._fast: Optional[FastDecoder] = None
+        if impl == "fast":
+            self._fast = FastDecoder(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)
@@ -467,10 +519,22 @@ class SamAutomaticMaskGenerator:
         crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         self.predictor.set_image(crop)
-        points = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[None, ::-1]
+        scale = np.array(crop_size, dtype=np.float64)[None, ::-1]
+        points = self.point_grids[layer] * scale
         parts = [_MaskData.empty()]
-        for i in range(0, len(points), self.points_per_batch):
-            parts.append(self._process_batch(points[i : i + self.points_per_batch], crop_size, crop_box, orig_size))
+        if self.impl == "reference":
+            for i in range(0, len(points), self.points_per_batch):
+                parts.append(self._process_batch(points[i : i + self.points_per_batch], crop_size, crop_box, orig_size))
+        else:
+            assert self._fast is not None and self.predictor.features is not None
+            self._fast.set_image(self.predictor.features)
+            if self.sampling == "coarse-to-fine":
+                coarse = build_point_grid(self.coarse_points_per_side) * scale  # type: ignore[arg-type]
+                parts += self._decode_fast(coarse, crop_size, crop_box, orig_size)
+                covered = _coverage(_MaskData.cat(parts), crop_box)
+                px = np.clip(np.floor(points).astype(np.int64), 0, [crop_size[1] - 1, crop_size[0] - 1])
+                points = points[~covered[px[:, 1], px[:, 0]]]
+            parts += self._decode_fast(points, crop_size, crop_box, orig_size)
         self.predictor.reset_image()
         data = _MaskData.cat(parts)
         if len(data) == 0:
@@ -483,7 +547,8 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_batch(self, points: np.ndarray, crop_size: Tuple[int, int], crop_box: List[int], orig_size: Tuple[int, int]) -> _MaskData:
-        orig_h, orig_w = orig_size
+        """Reference path: one ``predict_torch`` call for the batch (full-size logits of all
+        three masks of every point), then the filters."""
         pred = self.predictor
         coords = torch.as_tensor(pred.transform.apply_coords(points, crop_size), dtype=torch.float, device=pred.device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=pred.device)
@@ -492,14 +557,62 @@ class SamAutomaticMaskGenerator:
         logits = logits.flatten(0, 1)  # (B * 3, h, w): the 3 masks of each point in turn
         iou = iou.flatten(0, 1).float().cpu()
         pts = torch.as_tensor(np.repeat(points, n_out, axis=0), dtype=torch.float64)
-
         keep = torch.ones(len(iou), dtype=torch.bool)
         if self.pred_iou_thresh > 0.0:
             keep &= iou > self.pred_iou_thresh
+        return self._filter_and_encode(logits, iou, pts, keep, crop_box, orig_size)
+
+    def _decode_fast(self, points: np.ndarray, crop_size: Tuple[int, int], crop_box: List[int], orig_size: Tuple[int, int]) -> List[_MaskData]:
+        """Fast path: the transformer for every point (FastDecoder.tokens), then upscaling and
+        full-size logits only for masks that pass the predicted-IoU filter, in bounded chunks.
+        Records come out in the reference's order (by point, then mask)."""
+        parts: List[_MaskData] = []
+        if len(points) == 0:
+            return parts
+        pred, dec = self.predictor, self._fast
+        assert dec is not None and pred.input_size is not None
+        coords = torch.as_tensor(pred.transform.apply_coords(points, crop_size), dtype=torch.float, device=pred.device)
+        labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=pred.device)
+        sparse, _ = pred.model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+        multi = torch.arange(1, dec.decoder.num_mask_tokens)
+        n_multi = len(multi)
+        h, w = crop_size
+        full_chunk = max(1, min(FULLRES_CHUNK, FULLRES_PIXELS // max(1, h * w)))
+        token_chunk = min(TOKEN_CHUNK, self.points_per_batch)
+        for i in range(0, len(points), token_chunk):
+            state = dec.tokens(sparse[i : i + token_chunk])
+            iou = state.iou_pred[:, multi].cpu()  # (b, 3)
+            cand = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+            rows = cand.any(dim=1).nonzero().flatten()
+            low_parts, iou_parts, pt_parts = [], [], []
+            for j in range(0, len(rows), MASK_CHUNK):
+                r = rows[j : j + MASK_CHUNK]
+                pick = cand[r]  # (k, 3)
+                low_parts.append(dec.masks(state.select(r.to(state.keys.device)), multi)[pick.to(state.keys.device)])
+                iou_parts.append(iou[r][pick])
+                pt_parts.append((i + r)[:, None].expand(-1, n_multi)[pick])
+            if not low_parts:
+                continue
+            low, ious, pidx = torch.cat(low_parts), torch.cat(iou_parts), torch.cat(pt_parts)
+            for k in range(0, len(low), full_chunk):
+                sl = slice(k, k + full_chunk)
+                logits = pred.model.postprocess_masks(low[None, sl], pred.input_size, crop_size)[0]
+                pts = torch.as_tensor(points[pidx[sl].numpy()], dtype=torch.float64)
+                keep = torch.ones(len(logits), dtype=torch.bool)
+                parts.append(self._filter_and_encode(logits, ious[sl], pts, keep, crop_box, orig_size))
+        return parts
+
+    def _filter_and_encode(
+        self, logits: torch.Tensor, iou: torch.Tensor, pts: torch.Tensor, keep: torch.Tensor,
+        crop_box: List[int], orig_size: Tuple[int, int],
+    ) -> _MaskData:
+        """Full-size logits (N, h, w) of a crop -> records of the masks that pass ``keep``, the
+        stability filter and the crop-edge filter, as full-image RLEs."""
+        orig_h, orig_w = orig_size
         threshold = self.predictor.model.mask_threshold
         stability = calculate_stability_score(logits, threshold, self.stability_score_offset).cpu()
         if self.stability_score_thresh > 0.0:
-            keep &= stability >= self.stability_score_thresh
+            keep = keep & (stability >= self.stability_score_thresh)
         idx = keep.nonzero().flatten()
         masks = logits[idx.to(logits.device)] > threshold
         del logits

@@ -57,6 +57,8 @@ class Sam(nn.Module):
         """
         masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(masks.shape[-2:]) == tuple(int(v) for v in original_size):
+            return masks  # same size: bilinear resizing would copy every value unchanged
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
