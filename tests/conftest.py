@@ -69,3 +69,23 @@ def tiny_model(tiny_name):
 
     torch.manual_seed(0)
     return randomize_(build_from_config(TINY[tiny_name]))
+
+
+@pytest.fixture(scope="session")
+def vit_t_checkpoint(tmp_path_factory):
+    """A random-weights vit_t checkpoint in the official layout (a plain state_dict)."""
+    from repvit_sam import build_sam
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "random_vit_t.pt"
+    torch.save(build_sam("vit_t").state_dict(), path)
+    return path
+
+
+def run_cli(argv, capsys):
+    """``repvit-sam ARGV`` in-process -> (exit status, stdout, stderr)."""
+    from repvit_sam.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -8,20 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-import repvit_sam
-from repvit_sam.cli import main
 from repvit_sam.inference.masks import rle_to_mask
 
+from conftest import run_cli as run
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "random_vit_t.pt"
-    torch.save(repvit_sam.build_sam("vit_t").state_dict(), path)
-    return path
+
+@pytest.fixture
+def ckpt(vit_t_checkpoint):
+    return vit_t_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +27,6 @@ def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "coffee.jpg"
     Image.fromarray(data.coffee()).save(path, quality=95)  # 400 x 600
     return path
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_segment_end_to_end(tmp_path, ckpt, photo, capsys):

@@ -10,20 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-import repvit_sam
-from repvit_sam.cli import main
 from repvit_sam.everything import collect_jobs
 from repvit_sam.inference.masks import rle_to_mask
+
+from conftest import run_cli as run
 
 FAST = ["--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "random_vit_t.pt"
-    torch.save(repvit_sam.build_sam("vit_t").state_dict(), path)
-    return path
+@pytest.fixture
+def ckpt(vit_t_checkpoint):
+    return vit_t_checkpoint
 
 
 @pytest.fixture
@@ -51,12 +48,6 @@ def tiny(monkeypatch):
     model = randomize_(build_from_config(TINY["repvit"]))
     monkeypatch.setattr(cli, "load_model", lambda args: (model, "tiny_repvit"))
     return model
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_folder_end_to_end_skip_and_resume(tmp_path, folder, tiny, capsys):
