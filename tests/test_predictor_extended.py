@@ -121,3 +121,23 @@ def test_backend_option_matches_plain_encoder(predictor, image):
     assert float((a - b).norm() / a.norm()) < 1e-5
     with pytest.raises(BackendError, match="unknown backend 'nope'"):
         SamPredictor(predictor.model, backend="nope")
+
+
+def test_fast_decoder_predictions_equal_module_decoder(predictor, image):
+    """SamPredictor's default fast decoder and the model's MaskDecoder give the same answers
+    for points, boxes and mask prompts (up to float rounding)."""
+    plain = SamPredictor(predictor.model, fast_decoder=False)
+    plain.set_image(image)
+    pts, lbl = np.array([[30.0, 40.0], [100.0, 20.0]]), np.array([1, 0])
+    boxes = np.array([[10, 10, 90, 70], [50, 30, 170, 110]], dtype=float)
+    for kwargs in (
+        dict(point_coords=pts, point_labels=lbl),
+        dict(box=boxes, multimask_output=False),
+        dict(point_coords=pts, point_labels=lbl, mask_input=np.random.default_rng(2).normal(size=(1, 64, 64)).astype(np.float32)),
+    ):
+        a_masks, a_iou, a_low = plain.predict(**kwargs, return_logits=True)
+        b_masks, b_iou, b_low = predictor.predict(**kwargs, return_logits=True)
+        assert np.linalg.norm(a_low - b_low) / np.linalg.norm(a_low) < 1e-5
+        np.testing.assert_allclose(a_iou, b_iou, atol=1e-5)
+        assert np.linalg.norm(a_masks - b_masks) / np.linalg.norm(a_masks) < 1e-5
+    assert predictor._fast is not None and plain._fast is None  # really two different code paths

@@ -443,7 +443,8 @@ class SamAutomaticMaskGenerator:
         else:
             self.coarse_points_per_side = None
 
-        self.predictor = SamPredictor(model, backend=backend)
+        # The reference path decodes with the model's own MaskDecoder module.
+        self.predictor = SamPredictor(model, backend=backend, fast_decoder=impl == "fast")
         self.impl = impl
         self.precision = precision
         self.sampling = sampling

@@ -75,8 +75,9 @@ class FastDecoder:
     >>> logits, iou = dec(sparse, multimask_output=True)   # (B, 3, 256, 256), (B, 3)
 
     ``dense`` is only needed for mask prompts (pass ``dense`` from the prompt encoder); without
-    it the shared first-layer work is used. The model's weights are read, never modified; with
-    ``dtype=torch.bfloat16`` the decoder runs on a bfloat16 copy of them.
+    it the shared first-layer work is used. The model's weights are read (at each ``set_image``),
+    never modified; with ``dtype=torch.bfloat16`` the decoder runs on a bfloat16 copy of them
+    taken at construction.
     """
 
     def __init__(self, model: Sam, dtype: torch.dtype = torch.float32) -> None:
@@ -90,24 +91,24 @@ class FastDecoder:
         self.decoder = dec
         self.transformer = dec.transformer
         self._shared: Optional[Tuple[torch.Tensor, ...]] = None
-        # Upscaling weights as matrices: convT1 (C, Co, 2, 2) -> (C, 2*2*Co) ordered (a, b, o);
-        # convT2 (Co, C2, 2, 2) -> (Co, 2*2*C2) ordered (c, d, o2).
         up = dec.output_upscaling
-        ct1, ln, ct2 = up[0], up[1], up[3]
-        for m in (ct1, ct2):
+        for m in (up[0], up[3]):
             if tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2):
                 raise ValueError("FastDecoder expects SAM's 2x2 stride-2 transposed convolutions")
+        self._ln, self._gelu, self._gelu2 = up[1], up[2], up[4]
+
+    def _upscaling_matrices(self) -> None:
+        """The transposed convolutions as matrices (read from the current weights):
+        convT1 (C, Co, 2, 2) -> (C, 2*2*Co) ordered (a, b, o); convT2 (Co, C2, 2, 2) ->
+        (Co, 2*2*C2) ordered (c, d, o2)."""
+        up = self.decoder.output_upscaling
+        ct1, ct2 = up[0], up[3]
         c, co = ct1.weight.shape[:2]
-        c2 = ct2.weight.shape[1]
-        with torch.no_grad():
-            self._w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * co).contiguous()
-            self._b1 = ct1.bias.repeat(4)
-            self._w2 = ct2.weight.permute(0, 2, 3, 1).reshape(co, 4 * c2).contiguous()
-            self._b2 = ct2.bias.repeat(4)
-        self._ln = ln
-        self._co, self._c2 = int(co), int(c2)
-        self._gelu = up[2]
-        self._gelu2 = up[4]
+        self._w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * co).contiguous()
+        self._b1 = ct1.bias.repeat(4)
+        self._w2 = ct2.weight.permute(0, 2, 3, 1).reshape(co, 4 * ct2.weight.shape[1]).contiguous()
+        self._b2 = ct2.bias.repeat(4)
+        self._co, self._c2 = int(co), int(ct2.weight.shape[1])
 
     # ------------------------------------------------------------------ per image
     @torch.no_grad()
@@ -117,6 +118,7 @@ class FastDecoder:
             raise ValueError(f"set_image expects one embedding (1, C, h, w), got {tuple(image_embedding.shape)}")
         pe_module = self.model.prompt_encoder
         dt = self.dtype
+        self._upscaling_matrices()
         self._embedding = image_embedding.flatten(2).transpose(1, 2).to(dt)  # (1, HW, C)
         self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt)  # (1, HW, C)
         self._hw = tuple(image_embedding.shape[-2:])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..modeling.sam import Sam
+from .fast_decoder import FastDecoder
 from .prompts import PromptError, check_boxes, check_mask_input, check_points
 from .transforms import ResizeLongestSide
 
@@ -30,11 +31,17 @@ class SamPredictor:
     are validated with errors that name the problem; ``from_pretrained`` builds a ready model.
     """
 
-    def __init__(self, sam_model: Sam, backend: Optional[str] = None) -> None:
+    def __init__(self, sam_model: Sam, backend: Optional[str] = None, fast_decoder: bool = True) -> None:
         """``backend``: how the image encoder runs (see :mod:`repvit_sam.backends`, e.g.
-        ``"fused-cl"`` or ``"bf16"``); ``None`` calls ``sam_model.image_encoder`` as it is."""
+        ``"fused-cl"`` or ``"bf16"``); ``None`` calls ``sam_model.image_encoder`` as it is.
+        ``fast_decoder``: decode with :class:`FastDecoder` (the same function rearranged, about
+        2x faster per prompt; results equal up to float rounding, ~1e-6 relative); ``False``
+        calls ``sam_model.mask_decoder`` itself."""
         self.model = sam_model
         self.backend = backend
+        self.fast_decoder = fast_decoder
+        self._fast: Optional[FastDecoder] = None
+        self._fast_features: Optional[torch.Tensor] = None
         if backend is None:
             self._encode = sam_model.image_encoder
         else:
@@ -115,6 +122,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: Optional[torch.Tensor] = None
+        self._fast_features = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Tuple[int, ...]] = None
         self.input_size: Optional[Tuple[int, ...]] = None
@@ -239,17 +247,29 @@ class SamPredictor:
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        if self.fast_decoder and features.shape[0] == 1:
+            low_res, iou = self._fast_for(features)(sparse, None if mask_input is None else dense, multimask_output)
+        else:
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
         masks = self.model.postprocess_masks(low_res, input_size, original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    def _fast_for(self, features: torch.Tensor) -> FastDecoder:
+        """The fast decoder, prepared for ``features`` (its per-image work done once)."""
+        if self._fast is None:
+            self._fast = FastDecoder(self.model)
+        if self._fast_features is not features:
+            self._fast.set_image(features)
+            self._fast_features = features
+        return self._fast
 
     # ------------------------------------------------------------------ several images
     @torch.no_grad()
