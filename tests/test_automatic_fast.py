@@ -274,3 +274,13 @@ def test_compare_records_known_answer():
 def test_fast_options_errors(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamAutomaticMaskGenerator(model, **kwargs)
+
+
+def test_empty_result_both_paths(model):
+    """Random weights at default thresholds: nothing passes the filters -> [] from both paths."""
+    img = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    for impl in ("reference", "fast"):
+        gen = SamAutomaticMaskGenerator(model, points_per_side=4, impl=impl)
+        assert gen.generate(img) == []
+        # the filters are what emptied it: with them off, the same grid gives masks
+        assert len(SamAutomaticMaskGenerator(model, points_per_side=4, impl=impl, pred_iou_thresh=-10.0, stability_score_thresh=0.0).generate(img)) > 0

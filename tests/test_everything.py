@@ -118,3 +118,13 @@ def test_collect_jobs_errors(tmp_path):
         Image.new("RGB", (4, 4)).save(tmp_path / d / "same.png")
     with pytest.raises(ValueError, match="would both write same.json"):
         collect_jobs([tmp_path / "x" / "same.png", tmp_path / "y" / "same.png"])
+
+
+def test_empty_result_writes_empty_annotations(tmp_path, folder, tiny, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(["everything", folder / "a.png", "-o", out, "--points-per-side", "3"], capsys)
+    assert code == 0 and "done 1, skipped 0, failed 0" in stdout
+    ann = json.loads((out / "a.json").read_text())
+    assert ann["annotations"] == [] and ann["image"]["width"] == 80
+    # nothing to draw: the overlay is the image itself
+    np.testing.assert_array_equal(np.array(Image.open(out / "a_overlay.png")), np.array(Image.open(folder / "a.png")))
