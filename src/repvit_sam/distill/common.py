@@ -23,12 +23,23 @@ from .configs import is_registered, model_config
 log = logging.getLogger("repvit_sam.distill")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests and tqdm swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(rank: int) -> None:
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s: %(message)s"))
-        log.addHandler(h)
+        log.addHandler(_StderrHandler())
         log.propagate = False
+    log.handlers[0].setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s: %(message)s"))
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 

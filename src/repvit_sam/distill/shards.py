@@ -159,20 +159,28 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def check(self, si: int) -> None:
+        """Raise ShardError unless shard ``si`` exists and its SHA-256 matches the index."""
+        rec = self.index["shards"][si]
+        npy = self.root / rec["file"]
+        if not npy.exists():
+            raise ShardError(f"shard {npy} is missing; {_RERUN}")
+        digest = file_sha256(npy)
+        if digest != rec["sha256"]:
+            raise ShardError(
+                f"shard {npy} is corrupt: SHA-256 {digest[:12]}... does not match the index "
+                f"({rec['sha256'][:12]}...); delete it and {rec['file'][:-4]}.json, then {_RERUN}"
+            )
+
     def _shard(self, si: int) -> np.ndarray:
         arr = self._open.get(si)
         if arr is None:
             rec = self.index["shards"][si]
             npy = self.root / rec["file"]
-            if not npy.exists():
-                raise ShardError(f"shard {npy} is missing; {_RERUN}")
             if self.verify:
-                digest = file_sha256(npy)
-                if digest != rec["sha256"]:
-                    raise ShardError(
-                        f"shard {npy} is corrupt: SHA-256 {digest[:12]}... does not match the index "
-                        f"({rec['sha256'][:12]}...); delete it and {rec['file'][:-4]}.json, then {_RERUN}"
-                    )
+                self.check(si)
+            elif not npy.exists():
+                raise ShardError(f"shard {npy} is missing; {_RERUN}")
             try:
                 arr = np.load(npy, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as e:
@@ -184,7 +192,7 @@ class EmbeddingStore:
 
     def verify_all(self) -> None:
         for si in range(len(self.index["shards"])):
-            self._shard(si)
+            self.check(si)
 
     def __getitem__(self, j: int) -> torch.Tensor:
         si, row = self._loc[j]

@@ -282,8 +282,13 @@ def _train(args: argparse.Namespace, recipe: Recipe, launch: Launch) -> int:
             raise DataError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
         resume = load_checkpoint(ckpt_path)
         recipe = Recipe(**{**resume["recipe"], "betas": tuple(resume["recipe"]["betas"])})
+        if args.student not in (None, resume["student"]):
+            raise DataError(f"--student {args.student} differs from the run's student {resume['student']!r}; drop --student to resume")
+        args.student = resume["student"]
     elif ckpt_path.exists():
         raise DataError(f"{run_dir} already holds a run; add --resume to continue it, or choose a new --out")
+    if args.student is None:
+        args.student = "repvit"
 
     store = EmbeddingStore(args.embeddings, verify=False)
     cfg = model_config(args.student)
