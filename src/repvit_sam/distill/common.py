@@ -9,12 +9,11 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import SamConfig
 from ..weights import CheckpointError, StateDict, extract_state_dict, load_into, read_checkpoint

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import shards
 from .common import launch_from_env, load_teacher, log
+from .configs import is_registered
 from .data import ImageDataset, list_images
 
 
@@ -26,14 +27,19 @@ def run(args: argparse.Namespace) -> int:
     keys = list(images)
     if args.limit:
         keys = keys[: args.limit]
-    teacher, cfg = load_teacher(args.teacher, args.teacher_checkpoint, launch.device)
+    ckpt = args.teacher_checkpoint
+    if ckpt is None and is_registered(args.teacher):  # the official file (cached or fetched, under a lock)
+        from ..hub import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(args.teacher, verify_keys=False, progress=launch.is_main)
+    teacher, cfg = load_teacher(args.teacher, ckpt, launch.device)
     e = cfg.decoder.image_embedding_size
     plan = shards.make_plan(
         keys,
         args.shard_size,
         {
             "teacher": args.teacher,
-            "teacher_checkpoint": str(Path(args.teacher_checkpoint).resolve()) if args.teacher_checkpoint else None,
+            "teacher_checkpoint": str(Path(ckpt).resolve()) if ckpt else None,  # train's mIoU, export
             "img_size": cfg.img_size,
             "embed_shape": [cfg.decoder.embed_dim, e, e],
             "dtype": "float16",

@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         "val_images": args.val_images, "seed": args.seed, "weight_decay": args.weight_decay,
     }
     recipe = get_recipe(args.recipe, overrides)
+    args.recipe_overrides = sorted(k for k, v in overrides.items() if v is not None)
     launch = launch_from_env(args.device)
     init_process_group(launch)
     try:
@@ -285,6 +286,9 @@ def _train(args: argparse.Namespace, recipe: Recipe, launch: Launch) -> int:
         if args.student not in (None, resume["student"]):
             raise DataError(f"--student {args.student} differs from the run's student {resume['student']!r}; drop --student to resume")
         args.student = resume["student"]
+        ignored = [k for k in args.recipe_overrides if k != "epochs"]
+        if ignored:
+            log.warning("resuming with the run's own recipe: ignoring %s", ", ".join(f"--{k.replace('_', '-')}" for k in ignored))
     elif ckpt_path.exists():
         raise DataError(f"{run_dir} already holds a run; add --resume to continue it, or choose a new --out")
     if args.student is None:
