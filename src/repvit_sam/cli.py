@@ -188,6 +188,7 @@ COMMANDS = (
     Command("segment", add_segment),
     Command("bench", add_bench),
     Command("everything", ".everything:add_parser"),
+    Command("distill", ".distill.cli:add_parser"),
 )
 
 
