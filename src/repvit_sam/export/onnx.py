@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -211,6 +211,7 @@ def export_onnx(
     static_size: bool = False,
     encoder: bool = True,
     decoder: bool = True,
+    log: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Path]:
     """Write ``encoder.onnx``, ``decoder.onnx`` and ``metadata.json`` into ``out_dir``.
 
@@ -225,6 +226,7 @@ def export_onnx(
     onnx = require("onnx")
     from ..utils import write_json_atomic
 
+    say = log or (lambda _msg: None)
     model = model.eval().cpu().float()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +235,7 @@ def export_onnx(
     try:
         files = []
         if encoder:
+            say("ONNX: exporting the image encoder")
             enc = OnnxImageEncoder(model, preprocess=preprocess).eval()
             s = model.img_size
             if preprocess:
@@ -244,6 +247,7 @@ def export_onnx(
             _onnx_export(enc, (x,), tmp / ENCODER_FILE, ["image"], ["image_embeddings"], axes, opset)
             files.append(("encoder", ENCODER_FILE))
         if decoder:
+            say("ONNX: exporting the prompt decoder")
             dec = OnnxPromptDecoder(model, static_size=static_size).eval()
             axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
             if not static_size:
@@ -252,6 +256,7 @@ def export_onnx(
             files.append(("decoder", DECODER_FILE))
         if decoder:
             _fix_decoder_output_shapes(onnx, tmp / DECODER_FILE, model, static_size)
+        say("ONNX: checking the graphs")
         for _, fname in files:
             onnx.checker.check_model(str(tmp / fname))  # by path: works past protobuf's 2 GB too
         sha = file_sha256(checkpoint) if checkpoint is not None else None
