@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -273,6 +274,11 @@ def export_onnx(
     return written
 
 
+def _short(value: float) -> float:
+    """The shortest decimal that reads back as the same float32 (123.675, not 123.67500305)."""
+    return float(str(np.float32(value)))
+
+
 def metadata(model: Sam, *, name: str, opset: int, preprocess: bool, static_size: bool, checkpoint=None, sha256=None) -> dict:
     """What a runtime needs besides the graphs (read by :mod:`repvit_sam.onnx_runtime`)."""
     pe = model.prompt_encoder
@@ -281,8 +287,8 @@ def metadata(model: Sam, *, name: str, opset: int, preprocess: bool, static_size
         "version": 1,
         "model": name,
         "img_size": model.img_size,
-        "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
-        "pixel_std": [float(v) for v in model.pixel_std.flatten()],
+        "pixel_mean": [_short(v) for v in model.pixel_mean.flatten().tolist()],
+        "pixel_std": [_short(v) for v in model.pixel_std.flatten().tolist()],
         "image_format": model.image_format,
         "mask_threshold": float(model.mask_threshold),
         "embedding_size": list(pe.image_embedding_size),
