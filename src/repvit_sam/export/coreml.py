@@ -49,6 +49,12 @@ def _convert(ct, program, outputs, precision: str, description: str):
     return ml
 
 
+def _capture(module: torch.nn.Module, example, dynamic_shapes=None):
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # pytree deprecation chatter from inside torch.export
+        return torch.export.export(module, example, dynamic_shapes=dynamic_shapes).run_decompositions({})
+
+
 def _check_inputs(ml, names) -> None:
     """torch.export names the inputs after the forward arguments; the interface depends on it."""
     got = [i.name for i in ml.get_spec().description.input]
@@ -93,8 +99,7 @@ def export_coreml(
         if encoder:
             say("Core ML: capturing the image encoder")
             enc = OnnxImageEncoder(model, preprocess=False).eval()
-            with torch.no_grad():
-                ep = torch.export.export(enc, (torch.randn(1, 3, s, s),)).run_decompositions({})
+            ep = _capture(enc, (torch.randn(1, 3, s, s),))
             say("Core ML: converting the image encoder")
             ml = _convert(ct, ep, ["image_embeddings"], precision, f"{name} image encoder (repvit-sam)")
             ml.save(str(tmp / ENCODER_PACKAGE))
@@ -107,8 +112,7 @@ def export_coreml(
             shapes["point_coords"] = {1: n}
             shapes["point_labels"] = {1: n}
             example = decoder_example_inputs(model, num_points=min(3, max_points))
-            with torch.no_grad():
-                ep = torch.export.export(dec, example, dynamic_shapes=shapes).run_decompositions({})
+            ep = _capture(dec, example, shapes)
             say("Core ML: converting the prompt decoder")
             ml = _convert(ct, ep, DECODER_OUTPUTS, precision, f"{name} prompt encoder + mask decoder (repvit-sam)")
             _check_inputs(ml, DECODER_INPUTS)
