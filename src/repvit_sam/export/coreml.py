@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -26,7 +24,10 @@ import numpy as np
 import torch
 
 from ..modeling.sam import Sam
-from .onnx import DECODER_INPUTS, DECODER_OUTPUTS, ExportError, OnnxImageEncoder, OnnxPromptDecoder, decoder_example_inputs, file_sha256, require
+from .onnx import (
+    DECODER_INPUTS, DECODER_OUTPUTS, ExportError, OnnxImageEncoder, OnnxPromptDecoder, check_parts,
+    decoder_example_inputs, file_sha256, publish, require, staging,
+)
 
 ENCODER_PACKAGE = "encoder.mlpackage"
 DECODER_PACKAGE = "decoder.mlpackage"
@@ -81,19 +82,15 @@ def export_coreml(
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if max_points < 2:
         raise ExportError(f"max_points must be >= 2 (a click and its padding point), got {max_points}")
-    if not (encoder or decoder):
-        raise ExportError("nothing to export: both the encoder and the decoder were left out")
+    check_parts(encoder, decoder)
     ct = require("coremltools")
     from ..utils import write_json_atomic
     from .onnx import metadata
 
     say = log or (lambda _msg: None)
     model = model.eval().cpu().float()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".coreml-export-", dir=out))
     written: Dict[str, Path] = {}
-    try:
+    with staging(out_dir, ".coreml-export-") as (out, tmp):
         built = []
         s = model.img_size
         if encoder:
@@ -111,8 +108,7 @@ def export_coreml(
             shapes = {k: None for k in DECODER_INPUTS}
             shapes["point_coords"] = {1: n}
             shapes["point_labels"] = {1: n}
-            example = decoder_example_inputs(model, num_points=min(3, max_points))
-            ep = _capture(dec, example, shapes)
+            ep = _capture(dec, decoder_example_inputs(model, num_points=min(3, max_points)), shapes)
             say("Core ML: converting the prompt decoder")
             ml = _convert(ct, ep, DECODER_OUTPUTS, precision, f"{name} prompt encoder + mask decoder (repvit-sam)")
             _check_inputs(ml, DECODER_INPUTS)
@@ -123,16 +119,9 @@ def export_coreml(
         del meta["opset"]
         meta.update(format="repvit-sam-coreml", precision=precision, max_points=max_points,
                     files={k: f for k, f in built}, exporter=f"torch {torch.__version__} torch.export -> coremltools {ct.__version__}")
-        for key, fname in built:
-            dest = out / fname
-            if dest.exists():  # a package is a folder: move the old one aside, then drop it
-                old = tmp / (fname + ".old")
-                os.replace(dest, old)
-            os.replace(tmp / fname, dest)
-            written[key] = dest
+        publish(tmp, out, [fname for _, fname in built])
+        written.update((key, out / fname) for key, fname in built)
         write_json_atomic(out / METADATA_FILE, meta)
         written["metadata"] = out / METADATA_FILE
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return written
 

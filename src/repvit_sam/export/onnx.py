@@ -24,13 +24,14 @@ dynamic point axis from ``dynamic_axes`` and the data-dependent crop / resize to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -136,6 +137,34 @@ class OnnxPromptDecoder(nn.Module):
         return masks, iou, low_res
 
 
+@contextlib.contextmanager
+def staging(out_dir: os.PathLike, prefix: str) -> Iterator[Tuple[Path, Path]]:
+    """(output folder, a temporary folder inside it) for building an export; the temporary
+    folder and whatever is left in it go away at the end, whatever happens."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    try:
+        yield out, tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, out: Path, names) -> None:
+    """Move finished files or folders (``.mlpackage``) from ``tmp`` into ``out``, each in one
+    rename; a folder already there is first moved into ``tmp`` (and goes away with it)."""
+    for name in names:
+        dest = out / name
+        if dest.is_dir():
+            os.replace(dest, tmp / f"{name}.old")
+        os.replace(tmp / name, dest)
+
+
+def check_parts(encoder: bool, decoder: bool) -> None:
+    if not (encoder or decoder):
+        raise ExportError("nothing to export: both the encoder and the decoder were left out")
+
+
 def file_sha256(path: os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -222,18 +251,14 @@ def export_onnx(
     """
     if opset < 17:
         raise ExportError(f"opset must be >= 17 (LayerNormalization and friends), got {opset}")
-    if not (encoder or decoder):
-        raise ExportError("nothing to export: both the encoder and the decoder were left out")
+    check_parts(encoder, decoder)
     onnx = require("onnx")
     from ..utils import write_json_atomic
 
     say = log or (lambda _msg: None)
     model = model.eval().cpu().float()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out))
     written: Dict[str, Path] = {}
-    try:
+    with staging(out_dir, ".onnx-export-") as (out, tmp):
         files = []
         if encoder:
             say("ONNX: exporting the image encoder")
@@ -254,23 +279,18 @@ def export_onnx(
             if not static_size:
                 axes["masks"] = {2: "height", 3: "width"}
             _onnx_export(dec, decoder_example_inputs(model), tmp / DECODER_FILE, DECODER_INPUTS, DECODER_OUTPUTS, axes, opset)
-            files.append(("decoder", DECODER_FILE))
-        if decoder:
             _fix_decoder_output_shapes(onnx, tmp / DECODER_FILE, model, static_size)
+            files.append(("decoder", DECODER_FILE))
         say("ONNX: checking the graphs")
         for _, fname in files:
             onnx.checker.check_model(str(tmp / fname))  # by path: works past protobuf's 2 GB too
         sha = file_sha256(checkpoint) if checkpoint is not None else None
         meta = metadata(model, name=name, opset=opset, preprocess=preprocess, static_size=static_size, checkpoint=checkpoint, sha256=sha)
         meta["files"] = {k: f for k, f in files}
-        for entry in sorted(os.listdir(tmp)):
-            os.replace(tmp / entry, out / entry)  # encoder / decoder (and any external data)
-        for key, fname in files:
-            written[key] = out / fname
+        publish(tmp, out, sorted(os.listdir(tmp)))  # the graphs (and any external data files)
+        written.update((key, out / fname) for key, fname in files)
         write_json_atomic(out / METADATA_FILE, meta)
         written["metadata"] = out / METADATA_FILE
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return written
 
 
