@@ -189,6 +189,7 @@ COMMANDS = (
     Command("bench", add_bench),
     Command("everything", ".everything:add_parser"),
     Command("distill", ".distill.cli:add_parser"),
+    Command("export", ".export.cli:add_parser"),
 )
 
 
