@@ -187,6 +187,7 @@ class Command:
 COMMANDS = (
     Command("segment", add_segment),
     Command("bench", add_bench),
+    Command("eval", ".evaluation.cli:add_parser"),
 )
 
 
