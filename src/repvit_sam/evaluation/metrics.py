@@ -58,7 +58,7 @@ def coco_segm_ap(gt: Dict[str, Any], results: List[Dict[str, Any]], image_ids: O
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes writes into the dicts it gets
         ev = COCOeval(coco_gt, coco_dt, iouType="segm")
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in image_ids)
@@ -85,8 +85,12 @@ def edge_counts(pred: np.ndarray, gts: Sequence[np.ndarray], thresholds: int = E
     human boundary maps, by the BSDS benchmark's bipartite pixel correspondence (pyEdgeEval):
     recall counts matched GT pixels over all annotators, precision counts predicted pixels
     matched to any annotator. Returns a (4, T) array."""
-    require("pyEdgeEval", "pyEdgeEval")
-    from pyEdgeEval.common.binary_label.evaluate_boundaries import evaluate_boundaries_threshold_multiple_gts
+    import warnings
+
+    with warnings.catch_warnings():  # pyEdgeEval imports a deprecated scipy namespace
+        warnings.simplefilter("ignore", DeprecationWarning)
+        require("pyEdgeEval", "pyEdgeEval")
+        from pyEdgeEval.common.binary_label.evaluate_boundaries import evaluate_boundaries_threshold_multiple_gts
 
     pred = np.asarray(pred, dtype=np.float64)
     gts = [np.asarray(g, dtype=bool) for g in gts]
@@ -170,9 +174,13 @@ class SodMeter:
     images; saliency maps in [0, 1], masks bool."""
 
     def __init__(self) -> None:
+        import warnings
+
         sod = require("py_sod_metrics", "pysodmetrics")
         self._s = sod.Smeasure()
-        self._f = sod.Fmeasure()
+        with warnings.catch_warnings():  # "use FmeasureV2": the classic max-F is what SOD papers report
+            warnings.simplefilter("ignore")
+            self._f = sod.Fmeasure()
         self._mae: List[float] = []
 
     def step(self, pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
