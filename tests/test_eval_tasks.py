@@ -171,6 +171,13 @@ def results(out):
     return json.loads((out / "results.json").read_text())
 
 
+def run_ok(capsys, task, root, out, *extra):
+    """Run ``eval TASK`` without cache or progress bars; assert success; (results.json, stdout)."""
+    code, stdout, err = run(["eval", task, "--data", root, *extra, "--no-cache", "--no-progress", "--out", out], capsys)
+    assert code == 0, err
+    return results(out), stdout
+
+
 # ------------------------------------------------------------------------------ coco-prompt
 
 
@@ -228,10 +235,7 @@ def test_coco_prompt_end_to_end_with_cache(tmp_path, tiny, hooked, capsys):
     assert all(b["point_iou"] >= a["point_iou"] - 1e-9 for a, b in zip(inst, inst2))  # oracle >= best-score
 
     # --limit 1 and box prompts only
-    code, _, err = run(["eval", "coco-prompt", "--data", root, "--limit", "1", "--prompts", "box", "--no-cache", "--no-progress",
-                        "--out", tmp_path / "o3"], capsys)
-    assert code == 0, err
-    r3 = results(tmp_path / "o3")
+    r3, _ = run_ok(capsys, "coco-prompt", root, tmp_path / "o3", "--limit", "1", "--prompts", "box")
     assert r3["overall"]["images"] == 1 and "mIoU_point" not in r3["overall"] and r3["embedding_cache"] is None
 
 
@@ -264,10 +268,7 @@ def test_coco_ap_end_to_end(tmp_path, tiny, hooked, capsys):
     root = tmp_path / "coco"
     data = make_coco(root)
     dets = make_detections(tmp_path / "dets.json", data)
-    code, out, err = run(["eval", "coco-ap", "--data", root, "--detections", tmp_path / "dets.json", "--no-cache",
-                          "--no-progress", "--out", tmp_path / "o"], capsys)
-    assert code == 0, err
-    r = results(tmp_path / "o")
+    r, _ = run_ok(capsys, "coco-ap", root, tmp_path / "o", "--detections", tmp_path / "dets.json")
     assert r["protocol"]["score_rule"] == "detector" and r["protocol"]["max_dets_per_image"] == 100
     assert [p["detections"] for p in r["per_image"]] == [3, 1]
 
@@ -304,10 +305,7 @@ def test_coco_ap_seginw_mean(tmp_path, hooked, capsys):
             f.rename(valid / f.name)
         (valid / "_annotations_min1cat.coco.json").write_text(json.dumps(data))
         make_detections(det_dir / f"{name}.json", data, extra=name == "Bottles")
-    code, _, err = run(["eval", "coco-ap", "--seginw", "--data", root, "--detections", det_dir, "--no-cache", "--no-progress",
-                        "--out", tmp_path / "o"], capsys)
-    assert code == 0, err
-    r = results(tmp_path / "o")
+    r, _ = run_ok(capsys, "coco-ap", root, tmp_path / "o", "--seginw", "--detections", det_dir)
     per = r["overall"]["per_dataset"]
     assert sorted(per) == ["Airplane-Parts", "Bottles"]
     assert r["overall"]["mean_AP"] == pytest.approx((per["Airplane-Parts"]["AP"] + per["Bottles"]["AP"]) / 2)
@@ -332,19 +330,16 @@ def test_bsds_edge_end_to_end(tmp_path, hooked, capsys):
     root = tmp_path / "BSDS500" / "data"
     make_bsds(root)
     # a 4 x 4 grid keeps the test fast on 2 shared cores (the protocol's default is 16 x 16)
-    code, out, err = run(["eval", "bsds-edge", "--data", root, "--points-per-side", "4", "--no-cache", "--no-progress",
-                          "--out", tmp_path / "o"], capsys)
-    assert code == 0, err
-    r = results(tmp_path / "o")
+    r, out = run_ok(capsys, "bsds-edge", root, tmp_path / "o", "--points-per-side", "4")
     assert [p["name"] for p in r["per_image"]] == ["100", "101"] and r["per_image"][0]["annotators"] == 2
     ov = r["overall"]
     for k in ("ODS", "OIS", "AP", "R50"):
         assert 0.0 <= ov[k] <= 1.0
-    assert ov["OIS"] >= ov["ODS"] - 1e-9
+    assert 0 < ov["ODS_threshold"] < 1
     assert r["protocol"]["grid"].startswith("4x4 foreground points")
     edge = np.array(Image.open(tmp_path / "o" / "maps" / "100.png"))
     assert edge.shape == (40, 56) and edge.dtype == np.uint8
-    assert "| ODS | OIS | AP | R50 |" in out
+    assert out.startswith("| | ODS | OIS | AP | R50 |")  # nothing else on stdout (pyEdgeEval prints at import)
 
 
 # ------------------------------------------------------------------------------ duts-sod / mvtec-ad
@@ -379,10 +374,7 @@ def test_duts_sod_end_to_end(tmp_path, hooked, capsys):
 
     root = tmp_path / "DUTS-TE"
     make_duts(root)
-    code, out, err = run(["eval", "duts-sod", "--data", root, "--points-per-side", "4", "--no-cache", "--no-progress",
-                          "--out", tmp_path / "o"], capsys)
-    assert code == 0, err
-    r = results(tmp_path / "o")
+    r, _ = run_ok(capsys, "duts-sod", root, tmp_path / "o", "--points-per-side", "4")
     assert [p["name"] for p in r["per_image"]] == ["ILSVRC_0", "ILSVRC_1"]
     gt = _rect(48, 48, 14, 12, 34, 36)
     sal = np.array(Image.open(tmp_path / "o" / "maps" / "ILSVRC_0.png")) / 255.0
@@ -395,18 +387,13 @@ def test_duts_sod_end_to_end(tmp_path, hooked, capsys):
 def test_mvtec_ad_end_to_end(tmp_path, hooked, capsys):
     root = tmp_path / "mvtec"
     make_mvtec(root)
-    code, out, err = run(["eval", "mvtec-ad", "--data", root, "--points-per-side", "4", "--no-cache", "--no-progress",
-                          "--out", tmp_path / "o"], capsys)
-    assert code == 0, err
-    r = results(tmp_path / "o")
+    r, _ = run_ok(capsys, "mvtec-ad", root, tmp_path / "o", "--points-per-side", "4")
     assert sorted(r["overall"]["per_category"]) == ["bottle", "grid"]
     assert r["overall"]["pixel_max_F1"] == pytest.approx(np.mean(list(r["overall"]["per_category"].values())))
     assert [p["anomalous"] for p in r["per_image"]] == [True, False, True, False]  # broken/ before good/
     assert (tmp_path / "o" / "maps" / "bottle" / "broken_000.png").is_file()
-    code, _, err = run(["eval", "mvtec-ad", "--data", root, "--categories", "grid", "--points-per-side", "2", "--no-cache",
-                        "--no-progress", "--no-maps", "--out", tmp_path / "o2"], capsys)
-    assert code == 0, err
-    assert list(results(tmp_path / "o2")["overall"]["per_category"]) == ["grid"]
+    r2, _ = run_ok(capsys, "mvtec-ad", root, tmp_path / "o2", "--categories", "grid", "--points-per-side", "2", "--no-maps")
+    assert list(r2["overall"]["per_category"]) == ["grid"]
     assert not (tmp_path / "o2" / "maps").exists()
 
 

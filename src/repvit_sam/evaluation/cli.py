@@ -66,12 +66,22 @@ def _grid(p: argparse.ArgumentParser, default: int) -> None:
     p.add_argument("--points-per-side", type=_positive_int, default=default, metavar="N", help=f"point grid per side (default {default})")
 
 
+def _task(tasks: argparse._SubParsersAction, name: str, grid: int = 0, maps: str = "") -> argparse.ArgumentParser:
+    """A task's parser with the common options (and the point grid / map options of dense tasks)."""
+    t = tasks.add_parser(name, help=HELP[name], description=HELP[name])
+    _common(t)
+    if grid:
+        _grid(t, grid)
+    if maps:
+        _maps(t, maps)
+    return t
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="zero-shot benchmarks: " + ", ".join(HELP), description=__doc__.splitlines()[0])
     tasks = p.add_subparsers(dest="eval_task", metavar="TASK", parser_class=type(p))
 
-    t = tasks.add_parser("coco-prompt", help=HELP["coco-prompt"], description=HELP["coco-prompt"])
-    _common(t)
+    t = _task(tasks, "coco-prompt")
     _coco_paths(t)
     t.add_argument("--prompts", default="box,point", help="comma-separated: box, point (default box,point)")
     t.add_argument("--select-box", choices=("single", "best-score", "oracle"), default="single",
@@ -81,8 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--refine", type=_non_negative_int, default=0, metavar="K", help="corrective clicks after the first point (default 0)")
     t.add_argument("--max-instances", type=_positive_int, metavar="N", help="at most N instances per image")
 
-    t = tasks.add_parser("coco-ap", help=HELP["coco-ap"], description=HELP["coco-ap"])
-    _common(t)
+    t = _task(tasks, "coco-ap")
     _coco_paths(t)
     t.add_argument("--detections", type=Path, required=True, metavar="PATH",
                    help="COCO results JSON of detector boxes; with --seginw a folder of <dataset>.json")
@@ -91,27 +100,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--score-rule", choices=("detector", "detector*iou"), default="detector", help="mask score (default: the detector's)")
     t.add_argument("--select", choices=("single", "best-score"), default="single", help="mask per box (default single output)")
 
-    t = tasks.add_parser("bsds-edge", help=HELP["bsds-edge"], description=HELP["bsds-edge"])
-    _common(t)
+    t = _task(tasks, "bsds-edge", grid=16, maps="edge map")
     t.add_argument("--split", choices=("test", "val", "train"), default="test", help="BSDS500 split (default test)")
-    _grid(t, 16)
     t.add_argument("--nms", type=_fraction, default=0.7, help="mask box-NMS IoU threshold (default 0.7)")
     t.add_argument("--thresholds", type=_positive_int, default=99, help="edge thresholds (default 99)")
-    _maps(t, "edge map")
 
-    t = tasks.add_parser("duts-sod", help=HELP["duts-sod"], description=HELP["duts-sod"])
-    _common(t)
-    _grid(t, 16)
+    t = _task(tasks, "duts-sod", grid=16, maps="saliency map")
     t.add_argument("--max-border", type=_fraction, default=0.2, help="masks covering more of the image border are background (default 0.2)")
     t.add_argument("--min-area", type=_fraction, default=0.005, help="masks smaller than this fraction of the image are ignored (default 0.005)")
-    _maps(t, "saliency map")
 
-    t = tasks.add_parser("mvtec-ad", help=HELP["mvtec-ad"], description=HELP["mvtec-ad"])
-    _common(t)
+    t = _task(tasks, "mvtec-ad", grid=16, maps="anomaly map")
     t.add_argument("--categories", help="comma-separated categories (default: all under ROOT)")
-    _grid(t, 16)
     t.add_argument("--max-area", type=_fraction, default=0.1, help="largest defect candidate, as a fraction of the image (default 0.1)")
-    _maps(t, "anomaly map")
 
     p.set_defaults(func=run)
 

@@ -223,20 +223,26 @@ class Sample:
     group: str = ""
 
 
-def bsds_samples(root: Path, split: str = "test", limit: Optional[int] = None) -> List[Sample]:
-    _require_dir(root, "BSDS500 root (--data)")
-    img_dir = _require_dir(root / "images" / split, f"BSDS500 images/{split} folder")
-    gt_dir = _require_dir(root / "groundTruth" / split, f"BSDS500 groundTruth/{split} folder")
+def _paired(img_dir: Path, label_dir: Path, label_name: str, what: str, limit: Optional[int]) -> List[Sample]:
+    """The .jpg images of ``img_dir`` (sorted, first ``limit``), each with its label file
+    ``label_dir / label_name.format(stem=...)``, which must exist."""
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".jpg")
     if not images:
         raise DatasetError(f"no .jpg images in {img_dir}")
     samples = []
     for p in _limit(images, limit):
-        mat = gt_dir / f"{p.stem}.mat"
-        if not mat.is_file():
-            raise DatasetError(f"ground truth {mat} missing for image {p.name}")
-        samples.append(Sample(p.stem, p, mat))
+        label = label_dir / label_name.format(stem=p.stem)
+        if not label.is_file():
+            raise DatasetError(f"{what} {label} missing for image {p.name}")
+        samples.append(Sample(p.stem, p, label))
     return samples
+
+
+def bsds_samples(root: Path, split: str = "test", limit: Optional[int] = None) -> List[Sample]:
+    _require_dir(root, "BSDS500 root (--data)")
+    img_dir = _require_dir(root / "images" / split, f"BSDS500 images/{split} folder")
+    gt_dir = _require_dir(root / "groundTruth" / split, f"BSDS500 groundTruth/{split} folder")
+    return _paired(img_dir, gt_dir, "{stem}.mat", "ground truth", limit)
 
 
 def load_bsds_boundaries(mat: Path) -> List[np.ndarray]:
@@ -261,16 +267,7 @@ def duts_samples(root: Path, limit: Optional[int] = None) -> List[Sample]:
     _require_dir(root, "DUTS root (--data)")
     img_dir = _require_dir(root / "DUTS-TE-Image", "DUTS-TE-Image folder")
     mask_dir = _require_dir(root / "DUTS-TE-Mask", "DUTS-TE-Mask folder")
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".jpg")
-    if not images:
-        raise DatasetError(f"no .jpg images in {img_dir}")
-    samples = []
-    for p in _limit(images, limit):
-        m = mask_dir / f"{p.stem}.png"
-        if not m.is_file():
-            raise DatasetError(f"mask {m} missing for image {p.name}")
-        samples.append(Sample(p.stem, p, m))
-    return samples
+    return _paired(img_dir, mask_dir, "{stem}.png", "mask", limit)
 
 
 # ---------------------------------------------------------------------------------------- MVTec

@@ -23,6 +23,17 @@ def require(module: str, package: str):
         raise ImportError(f"{package} is needed for this evaluation ({e}); install it with {EXTRA_HINT}") from None
 
 
+def pyedgeeval(module: str = "pyEdgeEval"):
+    """Import a pyEdgeEval module quietly: at import it prints a warning to stdout (no mat73)
+    and touches a deprecated scipy namespace; neither concerns us."""
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        require("pyEdgeEval", "pyEdgeEval")
+        return require(module, "pyEdgeEval")
+
+
 # ------------------------------------------------------------------------------------ masks
 
 
@@ -85,12 +96,7 @@ def edge_counts(pred: np.ndarray, gts: Sequence[np.ndarray], thresholds: int = E
     human boundary maps, by the BSDS benchmark's bipartite pixel correspondence (pyEdgeEval):
     recall counts matched GT pixels over all annotators, precision counts predicted pixels
     matched to any annotator. Returns a (4, T) array."""
-    import warnings
-
-    with warnings.catch_warnings():  # pyEdgeEval imports a deprecated scipy namespace
-        warnings.simplefilter("ignore", DeprecationWarning)
-        require("pyEdgeEval", "pyEdgeEval")
-        from pyEdgeEval.common.binary_label.evaluate_boundaries import evaluate_boundaries_threshold_multiple_gts
+    evaluate_boundaries_threshold_multiple_gts = pyedgeeval("pyEdgeEval.common.binary_label.evaluate_boundaries").evaluate_boundaries_threshold_multiple_gts
 
     pred = np.asarray(pred, dtype=np.float64)
     gts = [np.asarray(g, dtype=bool) for g in gts]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..datasets import Sample, load_bsds_boundaries
-from ..metrics import edge_counts, edge_scores, image_ois, require
+from ..metrics import edge_counts, edge_scores, image_ois, pyedgeeval
 from .common import CHUNK, TaskResult, progress
 
 
@@ -85,9 +85,7 @@ def edge_map(predictor, image: np.ndarray, points_per_side: int = 16, nms_thresh
     if out.max() > 0:
         out /= out.max()
     if edge_nms and out.max() > 0:
-        require("pyEdgeEval", "pyEdgeEval")
-        from pyEdgeEval.preprocess import fast_nms
-
+        fast_nms = pyedgeeval("pyEdgeEval.preprocess").fast_nms
         out = np.clip(fast_nms(out.astype(np.float64), r=1, s=5, m=1.01), 0.0, 1.0)
     return out
 
