@@ -526,3 +526,24 @@ def test_missing_optional_dependency_names_the_extra():
 
     with pytest.raises(ImportError, match=r"install it with pip install 'repvit-sam\[eval\]'"):
         require("surely_not_a_module_xyz", "xyz")
+
+
+def test_coco_ap_score_rules(tmp_path, tiny):
+    from repvit_sam.evaluation.tasks.coco_ap import segment_detections
+
+    root = tmp_path / "coco"
+    data = make_coco(root)
+    make_detections(tmp_path / "d.json", data, extra=False)
+    ds = load_coco(root / "annotations" / "instances_val2017.json", root / "val2017", limit=1)
+    p = CachedPredictor(tiny, None)
+    det, _ = segment_detections(p, ds, tmp_path / "d.json", score_rule="detector", show_progress=False)
+    both, _ = segment_detections(p, ds, tmp_path / "d.json", score_rule="detector*iou", show_progress=False)
+    assert [r["score"] for r in det] == pytest.approx([0.9, 0.8])  # the detector's scores, highest first
+    ref = SamPredictor(tiny)
+    ref.set_image(np.array(Image.open(root / "val2017" / "000000000001.jpg").convert("RGB")))
+    for r_det, r_both, box in zip(det, both, ([5, 6, 25, 30], [35, 10, 60, 40])):
+        _, s, _ = ref.predict(box=np.array(box, float), multimask_output=False)
+        assert r_both["score"] == pytest.approx(r_det["score"] * float(s[0]), rel=1e-5)
+    assert segment_detections(p, ds, tmp_path / "d.json", max_dets=1, show_progress=False)[1][0]["detections"] == 1
+    with pytest.raises(ValueError, match="unknown score rule"):
+        segment_detections(p, ds, tmp_path / "d.json", score_rule="max")
