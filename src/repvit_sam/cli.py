@@ -190,6 +190,7 @@ COMMANDS = (
     Command("everything", ".everything:add_parser"),
     Command("distill", ".distill.cli:add_parser"),
     Command("export", ".export.cli:add_parser"),
+    Command("eval", ".evaluation.cli:add_parser"),
 )
 
 
