@@ -187,6 +187,7 @@ class Command:
 COMMANDS = (
     Command("segment", add_segment),
     Command("bench", add_bench),
+    Command("serve", ".serve.cli:add_parser"),
 )
 
 
