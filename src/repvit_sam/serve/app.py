@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 from fastapi import Body, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, WithJsonSchema, model_validator,
+)
 
 from ..inference.prompts import PromptError
 from ..modeling.sam import Sam
@@ -44,13 +46,23 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_CACHE_SIZE = 16
 MAX_POINTS = 64
+MAX_EVERYTHING_BATCHES = 64
 # Request bodies other than uploads are small JSON documents.
 MAX_JSON_BYTES = 256 * 1024
 # Multipart framing around the file (boundaries, part headers).
 MULTIPART_OVERHEAD = 64 * 1024
 
 # --------------------------------------------------------------------------- schemas
-FiniteFloat = Field(allow_inf_nan=False)
+# Request fields are strict (no "1" for 1, no true for 1): what the schema says is what passes.
+
+
+def _check_label(value: int) -> int:
+    if value not in (0, 1):
+        raise ValueError(f"point label must be 1 (foreground) or 0 (background), got {value}")
+    return value
+
+
+Label = Annotated[StrictInt, AfterValidator(_check_label), WithJsonSchema({"type": "integer", "enum": [0, 1]})]
 
 
 class ErrorResponse(BaseModel):
@@ -71,14 +83,14 @@ class RLE(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    points: List[Tuple[float, float, Literal[0, 1]]] = Field(
+    points: List[Tuple[StrictFloat, StrictFloat, Label]] = Field(
         default_factory=list, max_length=MAX_POINTS,
         description="[x, y, label] in original-image pixels; label 1 = foreground, 0 = background",
     )
-    box: Optional[Tuple[float, float, float, float]] = Field(
+    box: Optional[Tuple[StrictFloat, StrictFloat, StrictFloat, StrictFloat]] = Field(
         default=None, description="[x0, y0, x1, y1] in original-image pixels, x0 <= x1, y0 <= y1"
     )
-    multimask: bool = Field(default=True, description="three candidate masks (true) or one (false)")
+    multimask: StrictBool = Field(default=True, description="three candidate masks (true) or one (false)")
 
     @model_validator(mode="after")
     def _some_prompt(self) -> "PredictRequest":
@@ -95,12 +107,22 @@ class PredictResponse(BaseModel):
 class EverythingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    points_per_side: int = Field(16, ge=1, le=64, description="prompt grid of points_per_side^2 points")
-    points_per_batch: int = Field(64, ge=1, le=256, description="points decoded per model call")
-    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0, description="keep masks with predicted IoU above this")
-    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0, description="keep masks at least this stable")
-    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="IoU threshold of the box NMS")
-    min_mask_region_area: int = Field(0, ge=0, le=100_000, description="remove islands and holes smaller than this")
+    points_per_side: StrictInt = Field(16, ge=1, le=64, description="prompt grid of points_per_side^2 points")
+    points_per_batch: StrictInt = Field(64, ge=1, le=256, description="points decoded per model call")
+    pred_iou_thresh: StrictFloat = Field(0.88, ge=0.0, le=1.0, description="keep masks with predicted IoU above this")
+    stability_score_thresh: StrictFloat = Field(0.95, ge=0.0, le=1.0, description="keep masks at least this stable")
+    box_nms_thresh: StrictFloat = Field(0.7, ge=0.0, le=1.0, description="IoU threshold of the box NMS")
+    min_mask_region_area: StrictInt = Field(0, ge=0, le=100_000, description="remove islands and holes smaller than this")
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> "EverythingRequest":
+        batches = -(-self.points_per_side**2 // self.points_per_batch)
+        if batches > MAX_EVERYTHING_BATCHES:
+            raise ValueError(
+                f"points_per_side^2 / points_per_batch = {batches} decoder batches, more than "
+                f"{MAX_EVERYTHING_BATCHES}; use fewer points per side or more points per batch"
+            )
+        return self
 
 
 class EverythingResponse(BaseModel):
@@ -276,7 +298,7 @@ def create_app(
     # ------------------------------------------------------------------ images
     @app.post(
         "/api/images", response_model=ImageInfo, summary="Upload and embed an image",
-        responses=_errors(413, 415, 422),
+        responses=_errors(400, 413, 415, 422),
     )
     def upload(file: UploadFile = File(description="JPEG, PNG, TIFF, WebP or BMP; checked by decoding it")) -> ImageInfo:
         data = file.file.read(max_upload_bytes + 1)
@@ -291,7 +313,7 @@ def create_app(
 
     @app.post(
         "/api/images/{image_id}/predict", response_model=PredictResponse,
-        summary="Masks for points and/or a box (one decoder pass)", responses=_errors(404, 413, 422),
+        summary="Masks for points and/or a box (one decoder pass)", responses=_errors(400, 404, 413, 422),
     )
     def predict(image_id: str, req: PredictRequest) -> PredictResponse:
         entry = entry_or_404(image_id)
@@ -303,7 +325,7 @@ def create_app(
 
     @app.post(
         "/api/images/{image_id}/everything", response_model=EverythingResponse,
-        summary="Segment everything (automatic mask generator)", responses=_errors(404, 413, 422),
+        summary="Segment everything (automatic mask generator)", responses=_errors(400, 404, 413, 422),
     )
     def everything(image_id: str, req: Optional[EverythingRequest] = Body(default=None)) -> EverythingResponse:
         entry = entry_or_404(image_id)
