@@ -146,6 +146,7 @@ class InfoResponse(BaseModel):
     max_pixels: int
     cache_size: int
     cached_images: int
+    images_embedded: int = Field(description="image-encoder passes since the start (one per new picture)")
     samples: List[str]
 
 
@@ -276,7 +277,7 @@ def create_app(
         return InfoResponse(
             model=model_name, backend=backend, img_size=int(model.image_encoder.img_size),
             max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, cache_size=cache_size,
-            cached_images=len(service.cache), samples=list(samples),
+            cached_images=len(service.cache), images_embedded=service.encoder_calls, samples=list(samples),
         )
 
     @app.get("/api/samples", response_model=SampleList, summary="Names of the sample images")
