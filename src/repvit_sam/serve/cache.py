@@ -78,6 +78,13 @@ class LRUCache(Generic[K, V]):
             self._data.popitem(last=False)
             self.evictions += 1
 
+    def _hit_locked(self, key: K) -> Optional[V]:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+        return value
+
     def put(self, key: K, value: V) -> None:
         with self._lock:
             self._put_locked(key, value)
@@ -96,21 +103,17 @@ class LRUCache(Generic[K, V]):
         tries again).
         """
         with self._lock:
-            value = self._data.get(key)
+            value = self._hit_locked(key)
             if value is not None:
-                self._data.move_to_end(key)
-                self.hits += 1
                 return value, False
             key_lock = self._key_locks.setdefault(key, _KeyLock())
             key_lock.users += 1
         try:
             with key_lock.lock:
-                with self._lock:
-                    value = self._data.get(key)
-                    if value is not None:
-                        self._data.move_to_end(key)
-                        self.hits += 1
-                        return value, False
+                with self._lock:  # computed by another caller while this one waited?
+                    value = self._hit_locked(key)
+                if value is not None:
+                    return value, False
                 value = compute()
                 with self._lock:
                     self._put_locked(key, value)

@@ -134,9 +134,17 @@ async def _run_clients(base: str, args: argparse.Namespace, deadline: float) -> 
         # 1. every client uploads its picture, all at once
         t0 = time.perf_counter()
 
+        # Embeddings are computed one at a time (the model lock): the last of N simultaneous
+        # uploads waits for N encoder passes, so uploads get N times the per-request timeout.
+        upload_timeout = httpx.Timeout(min(args.request_timeout * args.clients, args.max_seconds))
+
         async def upload(i: int) -> Tuple[str, float]:
             t = time.perf_counter()
-            r = await http.post("/api/images", files={"file": (f"client{i}.png", pictures[i], "image/png")})
+            try:
+                r = await http.post("/api/images", files={"file": (f"client{i}.png", pictures[i], "image/png")},
+                                    timeout=upload_timeout)
+            except httpx.HTTPError as exc:
+                raise RuntimeError(f"client {i}: upload failed: {type(exc).__name__} {exc}") from None
             r.raise_for_status()
             body = r.json()
             if (body["width"], body["height"]) != sizes[i]:

@@ -210,18 +210,11 @@ class SegmentationService:
         return [mask_to_rle(m) for m in masks], [_finite(s) for s in scores]
 
     def everything(
-        self,
-        entry: ImageEntry,
-        *,
-        points_per_side: int = 16,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        box_nms_thresh: float = 0.7,
-        min_mask_region_area: int = 0,
+        self, entry: ImageEntry, *, points_per_side: int = 16, points_per_batch: int = 64, **options: Any
     ) -> List[Dict[str, Any]]:
         """SamAutomaticMaskGenerator's records (COCO RLE) for the whole image, on the cached
-        embedding; ``entry.progress`` counts the decoded point batches. Largest masks first."""
+        embedding; ``options`` are the generator's (thresholds, ``min_mask_region_area``);
+        ``entry.progress`` counts the decoded point batches. Largest masks first."""
         n_batches = math.ceil(points_per_side**2 / points_per_batch)
         with entry.everything_lock:
             progress = entry.progress
@@ -233,9 +226,7 @@ class SegmentationService:
             try:
                 generator = _ProgressGenerator(
                     self.model, entry, self.model_lock, on_batch,
-                    points_per_side=points_per_side, points_per_batch=points_per_batch,
-                    pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                    box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area,
+                    points_per_side=points_per_side, points_per_batch=points_per_batch, **options,
                 )
                 # The generator only reads the image's size here (the embedding is cached);
                 # np.zeros pages are never touched, so this costs no memory.
