@@ -330,12 +330,14 @@ def test_least_recently_used_image_is_evicted(model, encoder_calls):
         assert encoder_calls.calls == 3
 
 
-def test_concurrent_clients_never_mix_images(model):
-    """Threads clicking on different images at once get their own image's masks."""
+@pytest.mark.parametrize("serialize_model", [True, False])
+def test_concurrent_clients_never_mix_images(model, serialize_model):
+    """Threads clicking on different images at once get their own image's masks, with the
+    model lock and without it (requests share no mutable state)."""
     images = [picture(64 + 8 * i, 48 + 4 * i, seed=i) for i in range(4)]
     point = [[20, 20, 1]]
     expected = [reference(model, img, point)[0] for img in images]
-    with make_client(model) as c:
+    with make_client(model, serialize_model=serialize_model) as c:
         ids = [uploaded(c, img) for img in images]
         failures = []
         barrier = threading.Barrier(len(images))

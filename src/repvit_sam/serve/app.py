@@ -223,17 +223,19 @@ def create_app(
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    serialize_model: bool = True,
 ) -> FastAPI:
     """The demo app around ``model`` (any :class:`Sam`; already fused for inference if wanted).
 
     ``backend``: the image encoder's backend (see :mod:`repvit_sam.backends`); ``None`` runs
-    the encoder module as it is. ``cache_size``: embedded images kept (LRU). The service is
+    the encoder module as it is. ``cache_size``: embedded images kept (LRU).
+    ``serialize_model``: one model call at a time (default; ``False`` only for measurements). The service is
     ``app.state.service`` (tests count its ``encoder_calls``).
     """
     for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels), ("cache_size", cache_size)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
-    service = SegmentationService(model, backend=backend, cache_size=cache_size)
+    service = SegmentationService(model, backend=backend, cache_size=cache_size, serialize_model=serialize_model)
     samples = available_samples()
     sample_png: Dict[str, bytes] = {}
     sample_lock = threading.Lock()

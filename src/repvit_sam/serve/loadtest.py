@@ -65,7 +65,10 @@ def _child(args: argparse.Namespace) -> int:
     else:
         torch.manual_seed(0)
         model = fuse_model(build_sam(args.model), inplace=True)
-    app = create_app(model, model_name=f"{args.model} (random weights)", backend=args.backend, cache_size=max(16, args.clients))
+    app = create_app(
+        model, model_name=f"{args.model} (random weights)", backend=args.backend, cache_size=max(16, args.clients),
+        serialize_model=not args.no_model_lock,
+    )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     return 0
 
@@ -231,6 +234,7 @@ async def _run_clients(base: str, args: argparse.Namespace, deadline: float) -> 
         "replay_ms_mean": round(replay_wall / replayed * 1000, 1) if replayed else None,
         "mixed_up": len(wrong_size) + len(replay_mismatch),
         "torch_threads_server": args.threads or "default",
+        "model_lock": not args.no_model_lock,
     }
 
 
@@ -259,6 +263,8 @@ def run_loadtest(args: argparse.Namespace) -> Dict[str, Any]:
         cmd += ["--backend", args.backend]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.no_model_lock:
+        cmd += ["--no-model-lock"]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -284,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=320, help="width of client 0's picture; client i's is 8 i pixels wider (default 320)")
     p.add_argument("--verify-every", type=int, default=1, help="replay every N-th click alone to compare (default 1: all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the server (default: torch's choice)")
+    p.add_argument("--no-model-lock", action="store_true",
+                   help="let the server run model calls concurrently (to measure what the lock costs or saves)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request (default 120)")
     p.add_argument("--max-seconds", type=float, default=900.0, help="stop sending after this long (default 900)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")

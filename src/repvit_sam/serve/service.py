@@ -3,7 +3,8 @@
 
 Every model call holds one lock (``model_lock``): on a CPU, torch already spreads one forward
 pass over all cores, so concurrent passes would only compete for them; holding the lock keeps
-latency predictable and makes no assumption about re-entrancy of the modules. Everything else
+latency predictable and makes no assumption about re-entrancy of the modules. No call reads
+shared mutable state: the embedding, sizes and prompts of a request travel with it. Everything else
 (decoding uploads, hashing, RLE encoding, NMS) runs outside the lock, in parallel.
 """
 
@@ -108,11 +109,19 @@ class ImageEntry:
     progress: Progress = field(default_factory=Progress)
 
 
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 class _EmbeddedPredictor(SamPredictor):
     """A predictor whose image is an entry's cached embedding (for the mask generator), taking
     the model lock around each decoder call."""
 
-    def __init__(self, model: Sam, entry: ImageEntry, lock: threading.Lock) -> None:
+    def __init__(self, model: Sam, entry: ImageEntry, lock: Any) -> None:
         super().__init__(model)
         self._entry = entry
         self._lock = lock
@@ -135,7 +144,7 @@ class _EmbeddedPredictor(SamPredictor):
 class _ProgressGenerator(SamAutomaticMaskGenerator):
     """The automatic mask generator on a cached embedding, reporting each decoded batch."""
 
-    def __init__(self, model: Sam, entry: ImageEntry, lock: threading.Lock, on_batch: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, model: Sam, entry: ImageEntry, lock: Any, on_batch: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(model, crop_n_layers=0, output_mode="coco_rle", **kwargs)
         self.predictor = _EmbeddedPredictor(model, entry, lock)
         self._on_batch = on_batch
@@ -154,12 +163,16 @@ def _finite(value: float) -> float:
 class SegmentationService:
     """One model, a cache of embedded images, and the three operations of the demo."""
 
-    def __init__(self, model: Sam, *, backend: Optional[str] = None, cache_size: int = 16) -> None:
+    def __init__(
+        self, model: Sam, *, backend: Optional[str] = None, cache_size: int = 16, serialize_model: bool = True
+    ) -> None:
+        """``serialize_model=False`` drops the model lock (concurrent forward passes; for
+        measurements: see docs/serve.md)."""
         self.model = model.eval()
         self.predictor = SamPredictor(model, backend=backend)
         self.backend = backend
         self.cache: LRUCache[str, ImageEntry] = LRUCache(cache_size)
-        self.model_lock = threading.Lock()
+        self.model_lock: Any = threading.Lock() if serialize_model else _NoLock()
         self.encoder_calls = 0  # images embedded so far (the cache's misses, counted at the model)
 
     # ------------------------------------------------------------------ images
@@ -169,15 +182,14 @@ class SegmentationService:
         return self.cache.get_or_compute(image_id, lambda: self._embed(image_id, image))
 
     def _embed(self, image_id: str, image: np.ndarray) -> ImageEntry:
+        # No predictor state is touched: the embedding goes straight into the entry, so model
+        # calls are functions of their arguments (the lock is about cores, not correctness).
         tensor, (h, w) = self.predictor._prepare(image, "RGB")
+        input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
         with self.model_lock, torch.inference_mode():
-            self.predictor.set_torch_image(tensor, (h, w))
-            features = self.predictor.features
-            input_size = self.predictor.input_size
-            self.predictor.reset_image()
+            features = self.predictor._encode(self.model.preprocess(tensor))
             self.encoder_calls += 1
-        assert features is not None and input_size is not None
-        return ImageEntry(image_id, int(w), int(h), features, (int(input_size[0]), int(input_size[1])))
+        return ImageEntry(image_id, int(w), int(h), features, input_size)
 
     def get(self, image_id: str) -> Optional[ImageEntry]:
         return self.cache.get(image_id)
