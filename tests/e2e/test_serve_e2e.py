@@ -184,6 +184,7 @@ def test_page_upload_click_overlay(server, browser, tmp_path, monkeypatch):
     page.fill("#stability", "0")
     page.click("#everything")
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Segment everything:')", timeout=60000)
+    page.wait_for_selector("body[data-state='ready']")  # the progress poller has stopped
     page.screenshot(path=str(tmp_path / "3-everything.png"))
     status = page.locator("#status").inner_text()
     n_masks = int(status.split(":")[1].split()[0])
