@@ -126,6 +126,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 async def _run_clients(base: str, args: argparse.Namespace, deadline: float) -> Dict[str, Any]:
     import httpx
+    from tqdm import tqdm
 
     from .samples import png_bytes, shapes_image
 
@@ -163,8 +164,11 @@ async def _run_clients(base: str, args: argparse.Namespace, deadline: float) -> 
         # 2. all clients click at once, each one click after another
         clicks = [[Click(i, k, body) for k, body in enumerate(_prompts(i, args.clicks, sizes[i]))] for i in range(args.clients)]
 
+        bar = tqdm(total=args.clients * args.clicks, desc="clicks", unit="click", file=sys.stderr)
+
         async def session(i: int) -> None:
             for c in clicks[i]:
+                bar.update(1)
                 if time.monotonic() > deadline:
                     c.error = "not sent: --max-seconds reached"
                     continue
@@ -184,6 +188,7 @@ async def _run_clients(base: str, args: argparse.Namespace, deadline: float) -> 
         t0 = time.perf_counter()
         await asyncio.gather(*(session(i) for i in range(args.clients)))
         click_wall = time.perf_counter() - t0
+        bar.close()
 
         # 3. mix-up checks: mask sizes, then a replay of every --verify-every'th click alone
         flat = [c for per_client in clicks for c in per_client]
@@ -194,7 +199,7 @@ async def _run_clients(base: str, args: argparse.Namespace, deadline: float) -> 
         ]
         replay_mismatch, replayed = [], 0
         t0 = time.perf_counter()
-        for c in ok[:: max(1, args.verify_every)]:
+        for c in tqdm(ok[:: max(1, args.verify_every)], desc="replay", unit="click", file=sys.stderr):
             if time.monotonic() > deadline:
                 break
             r = await http.post(f"/api/images/{ids[c.client]}/predict", json=c.body)
