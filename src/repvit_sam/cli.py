@@ -191,6 +191,7 @@ COMMANDS = (
     Command("distill", ".distill.cli:add_parser"),
     Command("export", ".export.cli:add_parser"),
     Command("eval", ".evaluation.cli:add_parser"),
+    Command("serve", ".serve.cli:add_parser"),
 )
 
 
