@@ -131,9 +131,7 @@ def test_cli_bench_writes_json_and_prints_the_table(tmp_path, monkeypatch, capsy
         return randomize_(build_from_config(TINY[name]))
 
     monkeypatch.setattr(bench, "_build_model", tiny)
-    monkeypatch.setattr(bench, "machine_info", lambda threads, n, with_cuda: {
-        "cpu": "test", "threads": threads, "load_avg_1m": 0.0, "versions": {}, "date_utc": "now",
-        "matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": None}, "gpu": None})
+    monkeypatch.setattr(bench, "matmul_peaks", lambda n, with_cuda: {"matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": None}})
     out = tmp_path / "sub" / "bench.json"
     threads = torch.get_num_threads()
     code = cli.main(["bench", "--models", "repvit", "--backends", "fused", "--runs", "1", "--warmup", "0",
@@ -142,6 +140,7 @@ def test_cli_bench_writes_json_and_prints_the_table(tmp_path, monkeypatch, capsy
     data = json.loads(out.read_text())
     assert [(r["model"], r["backend"]) for r in data["results"]] == [("repvit", "eager"), ("repvit", "fused")]
     assert data["machine"]["threads"] == 1 and data["decoder"][0]["batch"] == 2
+    assert data["machine"]["matmul_gflops"] == {"fp32": 100.0, "bf16": 300.0, "int8": None}
     assert data["results"][1]["peak_fraction"] == pytest.approx(data["results"][1]["gflops"] / 100.0)
     assert "| repvit | fused |" in capsys.readouterr().out
     assert torch.get_num_threads() == threads  # --threads applies to the benchmark only
@@ -187,3 +186,9 @@ def test_module_entry_point_is_the_subcommand(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: repvit-sam bench") and "--backends" in out and "--task" in out
+
+
+def test_matmul_peak_is_the_better_of_start_and_end():
+    machine = {"matmul_gflops": {"fp32": 100.0, "bf16": None, "int8": 50.0}}
+    bench._update_peaks(machine, {"matmul_gflops": {"fp32": 90.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}})
+    assert machine == {"matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}}

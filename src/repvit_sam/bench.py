@@ -406,17 +406,30 @@ def machine_info(threads: int, matmul_n: int, with_cuda: bool) -> Dict[str, Any]
         "platform": platform.platform(),
         "versions": versions,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "matmul_gflops": {p: matmul_peak(p, matmul_n) for p in ("fp32", "bf16", "int8")},
-        "gpu": None,
+        "gpu": torch.cuda.get_device_name(0) if with_cuda else None,
     }
-    if with_cuda:
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda_matmul_gflops"] = {p: matmul_peak(p, max(matmul_n, 4096), device="cuda") for p in ("fp32", "bf16", "fp16")}
+    info.update(matmul_peaks(matmul_n, with_cuda))
     return info
 
 
+def matmul_peaks(n: int, with_cuda: bool) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{"matmul_gflops": {precision: GFLOP/s}}`` on the CPU, plus ``"cuda_matmul_gflops"``."""
+    peaks = {"matmul_gflops": {p: matmul_peak(p, n) for p in ("fp32", "bf16", "int8")}}
+    if with_cuda:
+        peaks["cuda_matmul_gflops"] = {p: matmul_peak(p, max(n, 4096), device="cuda") for p in ("fp32", "bf16", "fp16")}
+    return peaks
+
+
+def _update_peaks(machine: Dict[str, Any], later: Mapping[str, Mapping[str, Optional[float]]]) -> None:
+    for key, values in later.items():
+        old = machine.setdefault(key, {})
+        for precision, value in values.items():
+            if value is not None and (old.get(precision) is None or value > old[precision]):
+                old[precision] = value
+
+
 def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.Tensor", ref: Optional["torch.Tensor"],
-                 gflop: float, peaks: Mapping[str, Optional[float]], runs: int, warmup: int, threads: int) -> Dict[str, Any]:
+                 gflop: float, runs: int, warmup: int, threads: int) -> Dict[str, Any]:
     import torch
 
     from .backends import INFO, prepare_encoder, unavailable_reason
@@ -446,8 +459,6 @@ def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.
     row.update(timing)
     row["out"] = out
     row["gflops"] = gflop / (row["median_ms"] / 1e3)
-    peak = peaks.get(info.precision)
-    row["peak_fraction"] = row["gflops"] / peak if peak else None
     if ref is not None:
         row.update(_compare(out, ref))
     return row
@@ -529,8 +540,6 @@ def benchmark(
         order = (["eager"] if backends else []) + [b for b in backends if b != "eager"]
         cuda_backends = [b for b in order if INFO[b].device == "cuda" and torch.cuda.is_available()]
         machine = machine_info(threads, matmul_n, with_cuda=bool(cuda_backends))
-        peaks = dict(machine["matmul_gflops"])
-        gpu_peaks = machine.get("cuda_matmul_gflops", {})
         results: List[Dict[str, Any]] = []
         decoder: List[Dict[str, Any]] = []
         gpu: List[Dict[str, Any]] = []
@@ -548,8 +557,7 @@ def benchmark(
             encoder = model.image_encoder.eval()
             if model_name not in gflop:
                 gflop[model_name] = count_gflop(encoder, (1, 3, size, size))
-            row = _encoder_row(model_name, what, encoder, x, ref.get(model_name), gflop[model_name],
-                               gpu_peaks if INFO[what].device == "cuda" else peaks, runs, warmup, threads)
+            row = _encoder_row(model_name, what, encoder, x, ref.get(model_name), gflop[model_name], runs, warmup, threads)
             out = row.pop("out")
             if what == "eager" and out is not None:
                 ref[model_name] = out
@@ -557,7 +565,11 @@ def benchmark(
             results.append(row)
             if what in cuda_backends and gpu_batches:
                 gpu += _gpu_rows(model_name, encoder, what, size, gpu_batches, runs, warmup)
+        if results:  # the peaks again at the end: the better of the two is the machine's (others may share it)
+            _update_peaks(machine, matmul_peaks(matmul_n, bool(cuda_backends)))
         for row in results:
+            peak = machine["cuda_matmul_gflops" if row["device"] == "cuda" else "matmul_gflops"].get(row["precision"])
+            row["peak_fraction"] = row["gflops"] / peak if row["gflops"] and peak else None
             base = next((r for r in results if r["model"] == row["model"] and r["backend"] == "eager"), None)
             if base and base["median_ms"] and row["median_ms"]:
                 row["x_eager"] = row["median_ms"] / base["median_ms"]
