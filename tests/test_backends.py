@@ -86,6 +86,7 @@ def test_eager_is_the_module_itself_and_others_leave_it_untouched(tiny_encoders)
     assert any(isinstance(m, nn.BatchNorm2d) for m in encoder.modules())  # fusing worked on a copy
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
 def test_compile_backend_matches_eager():
     """torch.compile on a small conv net (compiling a whole encoder takes ~1 min on 2 cores)."""
     _skip_unavailable("compile")
