@@ -1,95 +1,640 @@
-"""Image-encoder latency on this machine: eager (the original computation) vs fused vs
-fused + channels_last, measured in one run so the ratios are comparable.
+"""``repvit-sam bench``: image-encoder latency of every backend side by side, measured in one run
+so that the ratios are comparable, plus the mask decoder's latency per prompt.
 
-    python -m repvit_sam.bench [--models repvit vit_t] [--runs 5] [--size 1024] [--json PATH]
+    repvit-sam bench [--models repvit vit_t] [--backends eager bf16 openvino-bf16 ...]
+                     [--runs 5] [--warmup 1] [--size 1024] [--threads N] [--json PATH]
+    python -m repvit_sam.bench ...            (the same)
 
-Random weights (latency does not depend on their values). Prints a Markdown table.
+For each model and backend (see :mod:`repvit_sam.backends`): median / min / max latency over
+``--runs`` calls after ``--warmup`` calls, the time to prepare the backend (fuse, export,
+compile, quantise; compilation that happens on the first call counts in the warm-up instead),
+peak memory, the encoder's GFLOP (counted with ``torch.utils.flop_counter`` on the eager
+encoder: 2 x multiply-accumulates of convolutions and matrix products), the fraction of the
+machine's matrix-multiply peak this achieves (the peak is measured in the same run with large
+matrix products in the backend's precision), and the embedding's cosine similarity and relative
+error against ``eager`` (the original unfused fp32 computation, always run first: the reference).
+
+Memory: ``peak_mb`` is the growth of the process's resident memory during the warm-up and timed
+calls over what it was just before them (after the backend was prepared): the activations and
+workspaces inference needs, not the weights. On Linux it is read from the kernel's high-water
+mark (``VmHWM``, reset through ``/proc/self/clear_refs``); elsewhere sampled with psutil. On a
+GPU it is the growth of ``torch.cuda.max_memory_allocated``.
+
+Models get random weights (latency does not depend on their values; fidelity numbers do, a
+little); ``--pretrained`` uses the official weights instead. CUDA backends add images/s at
+``--gpu-batches`` (default 1 and 16) to the report.
+
+Only argparse and pathlib are imported at module level (``repvit-sam --help`` stays light); the
+measuring functions import torch when called. Tests and scripts can call :func:`benchmark` with
+models they built themselves (e.g. tiny configurations).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import contextlib
+import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
-import torch
-from torch import nn
-from tqdm import tqdm
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-from .backends import prepare_encoder
-from .registry import build_sam
-from .utils import write_json_atomic
-
-BACKENDS = ("eager", "fused", "fused-cl")
-
-
-def prepare(encoder: nn.Module, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The encoder in the given form, as a callable on a (B, 3, S, S) input."""
-    return prepare_encoder(encoder, backend)
+TASKS = ("encoder", "decoder", "everything")
+DEFAULT_MODELS = ("repvit", "vit_t")
+RESULT_KEYS = ("model", "backend", "median_ms", "min_ms", "max_ms", "peak_mb", "gflop", "peak_fraction", "cosine", "rel_err")
 
 
-def time_encoder(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, runs: int, warmup: int = 1) -> Dict[str, float]:
+# ---------------------------------------------------------------------------- command line
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency of every image-encoder backend side by side, and of the mask decoder",
+        description="Image-encoder latency, memory, GFLOP, share of the matrix-multiply peak and fidelity "
+        "against eager for each model and backend, and the mask decoder's latency per prompt. "
+        "Prints Markdown tables; --json writes the same data.",
+    )
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
+                   help=f"models to measure (default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help="image-encoder backends (default: every one available here); eager always runs first, as the reference")
+    p.add_argument("--task", nargs="+", choices=TASKS, default=["encoder", "decoder"],
+                   help="what to measure (default: encoder decoder); everything = the automatic mask generator")
+    p.add_argument("--runs", type=_count(1), default=5, help="timed calls per measurement (default 5)")
+    p.add_argument("--warmup", type=_count(0), default=1, help="untimed calls before them (default 1)")
+    p.add_argument("--size", type=_count(16), default=1024, help="input side in pixels, a multiple of 16 (default 1024)")
+    p.add_argument("--threads", type=_count(1), help="CPU threads for torch, ONNX Runtime and OpenVINO (default: torch's)")
+    p.add_argument("--decoder-batches", nargs="+", type=_count(1), default=[1, 64], metavar="B",
+                   help="prompts per decoder call (default 1 64)")
+    p.add_argument("--gpu-batches", nargs="+", type=_count(1), default=[1, 16], metavar="B",
+                   help="batch sizes for images/s on CUDA backends (default 1 16)")
+    p.add_argument("--pretrained", action="store_true", help="official weights (cached, or downloaded) instead of random ones")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results here (atomically)")
+    from .bench_everything import MODES, FILTERS
+
+    e = p.add_argument_group("--task everything (segment everything: reference vs fast paths, first model of --models)")
+    e.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["reference", "fast", "fast-bf16", "coarse-to-fine"],
+                   help="generator modes (default: reference fast fast-bf16 coarse-to-fine)")
+    e.add_argument("--image", help="image file (default: scikit-image's coffee photo, resized to --size)")
+    e.add_argument("--points-per-side", type=_count(1), default=32, help="grid points per side (default 32)")
+    e.add_argument("--filters", choices=sorted(FILTERS), default="default",
+                   help="default: segment_anything's thresholds; none: every mask kept (the slow case)")
+    p.set_defaults(func=run)
+
+
+def _build_model(name: str, size: int, pretrained: bool) -> "nn.Module":
+    """Model ``name`` with input side ``size``: random weights (seeded) or the official ones."""
+    import dataclasses
+
+    import torch
+
+    from .config import VARIANTS, resolve_name
+    from .registry import build_from_config
+
+    key = resolve_name(name)
+    if pretrained:
+        from .hub import load_pretrained
+
+        return load_pretrained(key)
+    cfg = VARIANTS[key]
+    if size != cfg.img_size:
+        cfg = dataclasses.replace(
+            cfg,
+            encoder=dataclasses.replace(cfg.encoder, img_size=size),
+            decoder=dataclasses.replace(cfg.decoder, image_embedding_size=size // 16),
+        )
+    torch.manual_seed(0)
+    return build_from_config(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .backends import BACKENDS, available_backends
+    from .cli import UsageError
+    from .config import resolve_name
+
+    if args.size % 16:
+        raise UsageError(f"bench: --size must be a multiple of 16, got {args.size}")
+    if args.pretrained and args.size != 1024:
+        raise UsageError("bench: --pretrained needs --size 1024 (the official weights' input size)")
+    for name in args.models:
+        try:
+            resolve_name(name)
+        except KeyError as e:
+            raise UsageError(f"bench: {e.args[0]}") from None
+    if args.backends:
+        unknown = [b for b in args.backends if b not in BACKENDS]
+        if unknown:
+            raise UsageError(f"bench: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+        backends = list(dict.fromkeys(args.backends))
+    else:
+        backends = [b for b, reason in available_backends().items() if reason is None]
+
+    tasks = set(args.task)
+    report: Optional[Dict[str, Any]] = None
+    if tasks & {"encoder", "decoder"}:
+        models = {name: _build_model(name, args.size, args.pretrained) for name in args.models}
+        report = benchmark(
+            models,
+            backends if "encoder" in tasks else [],
+            runs=args.runs,
+            warmup=args.warmup,
+            size=args.size,
+            threads=args.threads,
+            decoder_batches=args.decoder_batches if "decoder" in tasks else [],
+            gpu_batches=args.gpu_batches,
+        )
+        print(markdown(report))
+        if args.json:
+            from .utils import write_json_atomic
+
+            write_json_atomic(args.json, report)
+            print(f"wrote {args.json}", file=sys.stderr)
+    if "everything" in tasks:
+        args.bench_report = report  # what the encoder/decoder tasks measured, for a combined report
+        try:
+            from . import bench_everything
+        except ImportError:
+            raise RuntimeError("bench --task everything needs repvit_sam.bench_everything, which this build does not have") from None
+        return int(bench_everything.main(args))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m repvit_sam.bench ARGS`` is ``repvit-sam bench ARGS``."""
+    from .cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+# ---------------------------------------------------------------------------- measuring
+def count_gflop(module: "nn.Module", input_shape: Sequence[int]) -> float:
+    """GFLOP of one forward pass of ``module`` on an input of ``input_shape``, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (2 x multiply-accumulates of convolutions and
+    matrix products; element-wise work is not counted). Runs on a copy on the meta device (no
+    arithmetic is done), falling back to a real forward pass for ops that have no meta kernel."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(m: "nn.Module", x: "torch.Tensor") -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(x)
+        return counter.get_total_flops() / 1e9
+
+    try:
+        meta = copy.deepcopy(module).to("meta")
+        return count(meta, torch.empty(tuple(input_shape), device="meta"))
+    except (NotImplementedError, RuntimeError):
+        device = next(module.parameters()).device
+        return count(module, torch.zeros(tuple(input_shape), device=device))
+
+
+def _timed(fn: Callable[[], Any], runs: int, warmup: int, sync: Callable[[], None] = lambda: None) -> Dict[str, Any]:
+    """Call ``fn`` ``warmup`` times, then ``runs`` timed times; the last output is kept."""
+    import torch
+
+    out = None
     with torch.inference_mode():
         for _ in range(warmup):
-            out = fn(x)
+            out = fn()
+        sync()
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            out = fn(x)
+            out = fn()
+            sync()
             times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "out": out}  # type: ignore[dict-item]
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "out": out}
 
 
-def run(models: List[str], runs: int, size: int) -> List[Dict[str, object]]:
-    rows: List[Dict[str, object]] = []
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    jobs = [(m, b) for m in models for b in BACKENDS]
-    ref = {}
-    encoders: Dict[str, nn.Module] = {}
-    for model_name, backend in tqdm(jobs, desc="encoder latency", file=sys.stderr):
-        if model_name not in encoders:  # one set of weights per model, shared by its backends
-            torch.manual_seed(0)
-            encoders = {model_name: build_sam(model_name).image_encoder.eval()}
-        r = time_encoder(prepare(encoders[model_name], backend), x, runs)
-        out = r.pop("out")
-        if backend == "eager":
-            ref[model_name] = out
-        base = ref[model_name]
-        rel = float((out.float() - base).norm() / base.norm())
-        rows.append({"model": model_name, "backend": backend, **r, "rel_err": rel})
-    for row in rows:
-        eager = next(r for r in rows if r["model"] == row["model"] and r["backend"] == "eager")
-        row["ratio_to_eager"] = row["median_ms"] / eager["median_ms"]  # type: ignore[operator]
+def matmul_peak(precision: str, n: int = 2048, reps: int = 3, device: str = "cpu") -> Optional[float]:
+    """GFLOP/s of the best of ``reps`` (n x n) @ (n x n) products in ``precision`` ("fp32", "bf16",
+    "fp16" or "int8") on ``device``: the machine's practical matrix-multiply peak. int8 on the CPU
+    uses ONNX Runtime's MatMulInteger (u8 x s8, the kernels int8 inference uses), else torch._int_mm;
+    None when the precision cannot be measured here."""
+    import torch
+
+    flop = 2.0 * n**3
+    if precision == "int8":
+        return _int8_peak(n, reps, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device == "cpu" and precision == "fp16":
+        return None
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return flop / best / 1e9
+
+
+def _int8_peak(n: int, reps: int, device: str) -> Optional[float]:
+    import numpy as np
+    import torch
+
+    flop = 2.0 * n**3
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "int8_matmul",
+            [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]), helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])],
+            [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+        )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feed = {"A": rng.integers(0, 255, (n, n), dtype=np.uint8), "B": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+        call: Callable[[], Any] = lambda: session.run(None, feed)
+    except ImportError:
+        if device != "cpu" or not hasattr(torch, "_int_mm"):
+            return None
+        a = torch.randint(-127, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-127, 127, (n, n), dtype=torch.int8)
+        call = lambda: torch._int_mm(a, b)
+    call()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return flop / best / 1e9
+
+
+def _rss_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise, hiding later growth)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def peak_memory(device: str = "cpu") -> Iterator[Dict[str, Optional[float]]]:
+    """Measures the peak growth of memory (MB) during the block into ``result["peak_mb"]``:
+    resident memory of this process on the CPU, allocated memory on a CUDA device."""
+    import torch
+
+    result: Dict[str, Optional[float]] = {"peak_mb": None}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        yield result
+        torch.cuda.synchronize()
+        result["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return
+    _release_free_memory()
+    base = _rss_kb("VmRSS")
+    reset = False
+    if base is not None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the high-water mark VmHWM to the current RSS
+            reset = True
+        except OSError:
+            pass
+    if reset:
+        yield result
+        peak = _rss_kb("VmHWM")
+        result["peak_mb"] = None if peak is None or base is None else max(0, peak - base) / 1024
+        return
+    with _sampled_rss() as sampled:  # no /proc: sample the RSS in a thread
+        yield result
+    result["peak_mb"] = sampled.get("peak_mb")
+
+
+@contextlib.contextmanager
+def _sampled_rss(interval: float = 0.002) -> Iterator[Dict[str, Optional[float]]]:
+    import threading
+
+    out: Dict[str, Optional[float]] = {"peak_mb": None}
+    try:
+        import psutil
+    except ImportError:
+        yield out
+        return
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out["peak_mb"] = (peak[0] - base) / 2**20
+
+
+def _compare(out: "torch.Tensor", ref: "torch.Tensor") -> Dict[str, float]:
+    import torch
+
+    a = out.detach().float().cpu().flatten().double()
+    b = ref.detach().float().cpu().flatten().double()
+    return {
+        "cosine": float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300)),
+        "rel_err": float((a - b).norm() / b.norm().clamp_min(1e-300)),
+    }
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def machine_info(threads: int, matmul_n: int, with_cuda: bool) -> Dict[str, Any]:
+    """This machine, library versions and its measured matrix-multiply peaks (GFLOP/s)."""
+    import datetime
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "openvino", "nncf"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[pkg] = importlib.metadata.version(pkg)
+    info: Dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "gpu": torch.cuda.get_device_name(0) if with_cuda else None,
+    }
+    info.update(matmul_peaks(matmul_n, with_cuda))
+    return info
+
+
+def matmul_peaks(n: int, with_cuda: bool) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{"matmul_gflops": {precision: GFLOP/s}}`` on the CPU, plus ``"cuda_matmul_gflops"``."""
+    peaks = {"matmul_gflops": {p: matmul_peak(p, n) for p in ("fp32", "bf16", "int8")}}
+    if with_cuda:
+        peaks["cuda_matmul_gflops"] = {p: matmul_peak(p, max(n, 4096), device="cuda") for p in ("fp32", "bf16", "fp16")}
+    return peaks
+
+
+def _update_peaks(machine: Dict[str, Any], later: Mapping[str, Mapping[str, Optional[float]]]) -> None:
+    for key, values in later.items():
+        old = machine.setdefault(key, {})
+        for precision, value in values.items():
+            if value is not None and (old.get(precision) is None or value > old[precision]):
+                old[precision] = value
+
+
+def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.Tensor", ref: Optional["torch.Tensor"],
+                 gflop: float, runs: int, warmup: int, threads: int) -> Dict[str, Any]:
+    import torch
+
+    from .backends import INFO, prepare_encoder, unavailable_reason
+
+    info = INFO[backend]
+    row: Dict[str, Any] = {k: None for k in RESULT_KEYS}
+    row.update(model=model_name, backend=backend, precision=info.precision, device=info.device, gflop=gflop,
+               prepare_s=None, gflops=None, x_eager=None, note="", out=None)
+    reason = unavailable_reason(backend)
+    if reason is not None:
+        row["note"] = f"unavailable: {reason}"
+        return row
+    cuda = info.device == "cuda"
+    xin = x.to("cuda") if cuda else x
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    try:
+        t0 = time.perf_counter()
+        fn = prepare_encoder(encoder, backend, threads=threads)
+        row["prepare_s"] = time.perf_counter() - t0
+        with peak_memory("cuda" if cuda else "cpu") as mem:
+            timing = _timed(lambda: fn(xin), runs, warmup, sync)
+        row["peak_mb"] = mem["peak_mb"]
+    except Exception as e:  # a backend that cannot run this model here: the row says why
+        row["note"] = f"failed: {_one_line(e)}"
+        return row
+    out = timing.pop("out").float().cpu()
+    row.update(timing)
+    row["out"] = out
+    row["gflops"] = gflop / (row["median_ms"] / 1e3)
+    if ref is not None:
+        row.update(_compare(out, ref))
+    return row
+
+
+def _gpu_rows(model_name: str, encoder: "nn.Module", backend: str, size: int, batches: Sequence[int], runs: int, warmup: int) -> List[Dict[str, Any]]:
+    import torch
+
+    from .backends import prepare_encoder
+
+    rows = []
+    fn = prepare_encoder(encoder, backend)
+    for b in batches:
+        row: Dict[str, Any] = {"model": model_name, "backend": backend, "batch": b, "median_ms": None, "images_per_s": None, "note": ""}
+        try:
+            xb = torch.randn(b, 3, size, size, device="cuda")
+            t = _timed(lambda: fn(xb), runs, max(warmup, 1), torch.cuda.synchronize)
+            row.update(median_ms=t["median_ms"], images_per_s=b / (t["median_ms"] / 1e3))
+        except Exception as e:
+            row["note"] = f"failed: {_one_line(e)}"
+        rows.append(row)
     return rows
 
 
-def markdown(rows: List[Dict[str, object]]) -> str:
-    lines = ["| model | backend | median ms | min ms | max ms | x eager | rel. error vs eager |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['backend']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['max_ms']:.0f} "
-            f"| {r['ratio_to_eager']:.2f} | {r['rel_err']:.1e} |"
-        )
+def _decoder_rows(model_name: str, model: "nn.Module", size: int, batches: Sequence[int], runs: int, warmup: int) -> List[Dict[str, Any]]:
+    """The mask decoder through the public API: ``SamPredictor.predict_torch`` with one point
+    per prompt (multimask output, masks upscaled to the image) on an image set once."""
+    import numpy as np
+    import torch
+
+    from .inference.predictor import SamPredictor
+
+    rng = np.random.default_rng(0)
+    h, w = size * 3 // 4, size  # a 4:3 photo
+    predictor = SamPredictor(model, backend="bf16")
+    predictor.set_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    rows = []
+    for b in batches:
+        pts = torch.as_tensor(rng.uniform([0, 0], [w, h], (b, 1, 2)), dtype=torch.float32)
+        coords = predictor.transform.apply_coords_torch(pts, (h, w))
+        labels = torch.ones(b, 1, dtype=torch.int64)
+        t = _timed(lambda: predictor.predict_torch(coords, labels, multimask_output=True), runs, warmup)
+        masks = t.pop("out")[0]
+        rows.append({"model": model_name, "batch": b, **t, "per_prompt_ms": t["median_ms"] / b,
+                     "image": f"{w}x{h}", "masks": list(masks.shape)})
+    return rows
+
+
+def benchmark(
+    models: Mapping[str, "nn.Module"],
+    backends: Sequence[str],
+    *,
+    runs: int = 5,
+    warmup: int = 1,
+    size: int = 1024,
+    threads: Optional[int] = None,
+    decoder_batches: Sequence[int] = (1, 64),
+    gpu_batches: Sequence[int] = (1, 16),
+    matmul_n: int = 2048,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Measure ``models`` (name -> Sam model, its encoder's input side ``size``) on ``backends``.
+
+    Returns ``{"machine", "settings", "results", "decoder", "gpu"}``: one result row per model and
+    backend (eager first, the reference; a backend that is unavailable or fails gets a row whose
+    ``note`` says why and whose numbers are None), one decoder row per model and batch, and images/s
+    rows for CUDA backends at ``gpu_batches``. No backends -> no encoder rows.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .backends import INFO
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    try:
+        order = (["eager"] if backends else []) + [b for b in backends if b != "eager"]
+        cuda_backends = [b for b in order if INFO[b].device == "cuda" and torch.cuda.is_available()]
+        machine = machine_info(threads, matmul_n, with_cuda=bool(cuda_backends))
+        results: List[Dict[str, Any]] = []
+        decoder: List[Dict[str, Any]] = []
+        gpu: List[Dict[str, Any]] = []
+        jobs = [(m, b) for m in models for b in order] + [(m, "decoder") for m in models if decoder_batches]
+        bar = tqdm(jobs, desc="bench", file=sys.stderr, disable=not progress, unit="job")
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        gflop: Dict[str, float] = {}
+        ref: Dict[str, Any] = {}
+        for model_name, what in bar:
+            bar.set_postfix_str(f"{model_name} {what}")
+            model = models[model_name]
+            if what == "decoder":
+                decoder += _decoder_rows(model_name, model, size, decoder_batches, runs, warmup)
+                continue
+            encoder = model.image_encoder.eval()
+            if model_name not in gflop:
+                gflop[model_name] = count_gflop(encoder, (1, 3, size, size))
+            row = _encoder_row(model_name, what, encoder, x, ref.get(model_name), gflop[model_name], runs, warmup, threads)
+            out = row.pop("out")
+            if what == "eager" and out is not None:
+                ref[model_name] = out
+                row.update(cosine=1.0, rel_err=0.0)
+            results.append(row)
+            if what in cuda_backends and gpu_batches:
+                gpu += _gpu_rows(model_name, encoder, what, size, gpu_batches, runs, warmup)
+        if results:  # the peaks again at the end: the better of the two is the machine's (others may share it)
+            _update_peaks(machine, matmul_peaks(matmul_n, bool(cuda_backends)))
+        for row in results:
+            peak = machine["cuda_matmul_gflops" if row["device"] == "cuda" else "matmul_gflops"].get(row["precision"])
+            row["peak_fraction"] = row["gflops"] / peak if row["gflops"] and peak else None
+            base = next((r for r in results if r["model"] == row["model"] and r["backend"] == "eager"), None)
+            if base and base["median_ms"] and row["median_ms"]:
+                row["x_eager"] = row["median_ms"] / base["median_ms"]
+    finally:
+        torch.set_num_threads(old_threads)
+    settings = {"size": size, "batch": 1, "runs": runs, "warmup": warmup, "decoder_batches": list(decoder_batches),
+                "gpu_batches": list(gpu_batches) if gpu else []}
+    return {"machine": machine, "settings": settings, "results": results, "decoder": decoder, "gpu": gpu}
+
+
+# ---------------------------------------------------------------------------- report
+def _fmt(value: Any, spec: str, none: str = "–") -> str:
+    return none if value is None else format(value, spec)
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """The report as Markdown: a header line, then the encoder, GPU and decoder tables."""
+    m, s = report["machine"], report["settings"]
+    peaks = ", ".join(f"{k} {_fmt(v, '.0f')}" for k, v in m["matmul_gflops"].items())
+    lines = [
+        f"{m['cpu']}, {m['threads']} threads (load {_fmt(m.get('load_avg_1m'), '.1f')}); "
+        f"matmul peak GFLOP/s: {peaks}; torch {m['versions'].get('torch')}; {m['date_utc']}",
+    ]
+    if report["results"]:
+        lines += [
+            "",
+            f"Image encoder, {s['size']}x{s['size']}, batch 1, median of {s['runs']} runs after {s['warmup']} warm-up:",
+            "",
+            "| model | backend | median ms | min ms | max ms | x eager | prepare s | peak MB | GFLOP | GFLOP/s | % of peak | cosine | rel. error | note |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        ]
+        for r in report["results"]:
+            frac = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
+            lines.append(
+                f"| {r['model']} | {r['backend']} | {_fmt(r['median_ms'], '.1f')} | {_fmt(r['min_ms'], '.1f')} "
+                f"| {_fmt(r['max_ms'], '.1f')} | {_fmt(r['x_eager'], '.2f')} | {_fmt(r['prepare_s'], '.1f')} "
+                f"| {_fmt(r['peak_mb'], '.0f')} | {_fmt(r['gflop'], '.1f')} | {_fmt(r['gflops'], '.0f')} "
+                f"| {_fmt(frac, '.0f')} ({r['precision']}) | {_fmt(r['cosine'], '.6f')} | {_fmt(r['rel_err'], '.1e')} | {r['note']} |"
+            )
+    if report["gpu"]:
+        lines += ["", f"GPU throughput ({m['gpu']}):", "", "| model | backend | batch | median ms | images/s | note |", "|---|---|--:|--:|--:|---|"]
+        for r in report["gpu"]:
+            lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {_fmt(r['median_ms'], '.1f')} | {_fmt(r['images_per_s'], '.1f')} | {r['note']} |")
+    if report["decoder"]:
+        lines += [
+            "",
+            "Mask decoder (SamPredictor.predict_torch, one point per prompt, 3 masks each, upscaled to the image):",
+            "",
+            "| model | prompts per call | median ms per call | min ms | max ms | ms per prompt |",
+            "|---|--:|--:|--:|--:|--:|",
+        ]
+        for r in report["decoder"]:
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | {r['per_prompt_ms']:.2f} |"
+            )
     return "\n".join(lines)
-
-
-def main(argv: List[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="image-encoder latency: eager vs fused vs fused+channels_last")
-    ap.add_argument("--models", nargs="+", default=["repvit", "vit_t"])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--json", help="also write the results here")
-    a = ap.parse_args(argv)
-    rows = run(a.models, a.runs, a.size)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    print(f"{a.size}x{a.size}, batch 1, {a.runs} runs after 1 warm-up; {machine}")
-    print(markdown(rows))
-    if a.json:
-        write_json_atomic(a.json, {"machine": machine, "results": rows})
-    return 0
 
 
 if __name__ == "__main__":

@@ -57,54 +57,75 @@ def bench_image(path: Optional[str], size: int):
     return np.asarray(img.convert("RGB"))
 
 
-def _child(mode: str, cfg: Dict[str, Any], queue: "mp.Queue") -> None:
+def _measure(mode: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Build the model, warm up, then time one ``generate`` of mode ``mode``."""
     import numpy as np
     import torch
 
     from .hub import load_pretrained
     from .inference.automatic import SamAutomaticMaskGenerator
     from .modeling.fuse import fuse_model
-    from .registry import build_sam
+    from .registry import build_from_config, build_sam
 
+    torch.manual_seed(0)
+    if not isinstance(cfg["model"], str):  # a SamConfig (tests: tiny models)
+        model = build_from_config(cfg["model"])
+    elif cfg["checkpoint"] or cfg.get("pretrained"):
+        model = load_pretrained(cfg["model"], checkpoint=cfg["checkpoint"])
+    else:
+        model = build_sam(cfg["model"])
+    model = fuse_model(model.eval(), inplace=True)
+    image = bench_image(cfg["image"], cfg["size"])
+    kwargs = dict(points_per_side=cfg["points_per_side"], output_mode="coco_rle", **FILTERS[cfg["filters"]], **MODES[mode])
+    SamAutomaticMaskGenerator(model, **{**kwargs, "points_per_side": 2}).generate(image[:64, :64])  # warm-up
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gen = SamAutomaticMaskGenerator(model, **kwargs)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        records = gen.generate(image)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mode": mode, "seconds": seconds, "records": records, "peak_rss_mb": peak / 1024,
+            "rss_growth_mb": (peak - base_rss) / 1024, "image_hw": list(np.asarray(image).shape[:2])}
+
+
+def _child(mode: str, cfg: Dict[str, Any], queue: "mp.Queue") -> None:
     try:
-        torch.manual_seed(0)
-        if cfg["checkpoint"]:
-            model = load_pretrained(cfg["model"], checkpoint=cfg["checkpoint"])
-        else:
-            model = build_sam(cfg["model"])
-        model = fuse_model(model.eval(), inplace=True)
-        image = bench_image(cfg["image"], cfg["size"])
-        kwargs = dict(points_per_side=cfg["points_per_side"], output_mode="coco_rle", **FILTERS[cfg["filters"]], **MODES[mode])
-        SamAutomaticMaskGenerator(model, **{**kwargs, "points_per_side": 2}).generate(image[:64, :64])  # warm-up
-        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        gen = SamAutomaticMaskGenerator(model, **kwargs)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            records = gen.generate(image)
-        seconds = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        queue.put({"mode": mode, "seconds": seconds, "records": records, "peak_rss_mb": peak / 1024,
-                   "rss_growth_mb": (peak - base_rss) / 1024, "image_hw": list(np.asarray(image).shape[:2])})
+        queue.put(_measure(mode, cfg))
     except Exception as e:  # report, don't hang the parent
         queue.put({"mode": mode, "error": f"{type(e).__name__}: {e}"})
 
 
-def run(modes: List[str], cfg: Dict[str, Any], progress: bool = True) -> List[Dict[str, Any]]:
+def _isolated(mode: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``_measure`` in a fresh process, so that its peak memory is its own."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(mode, cfg, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def run(modes: List[str], cfg: Dict[str, Any], progress: bool = True, isolate: bool = True) -> List[Dict[str, Any]]:
+    """One row per mode (the reference first when asked for). ``isolate``: each mode in its own
+    process (peak memory per mode); else in this process (tests)."""
     from tqdm import tqdm
 
     from .inference.agreement import compare_records
 
-    ctx = mp.get_context("spawn")
     rows: List[Dict[str, Any]] = []
     ref_records = None
     ref_seconds = None
     order = ["reference"] + [m for m in modes if m != "reference"] if "reference" in modes else list(modes)
     for mode in tqdm(order, desc="segment everything", file=sys.stderr, disable=not progress):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(mode, cfg, queue))
-        proc.start()
-        out = queue.get()
-        proc.join()
+        if isolate:
+            out = _isolated(mode, cfg)
+        else:
+            try:
+                out = _measure(mode, cfg)
+            except Exception as e:
+                out = {"mode": mode, "error": f"{type(e).__name__}: {e}"}
         if "error" in out:
             rows.append({"mode": mode, "error": out["error"]})
             continue
@@ -152,23 +173,43 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", default=None, help="also write the results here (JSON)")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: "Optional[List[str]] | argparse.Namespace" = None) -> int:
+    """Command-line entry (``argv``), or ``repvit-sam bench --task everything`` (a Namespace
+    from bench's parser: first of --models, --size, --image, --points-per-side, --modes,
+    --filters, --pretrained; with --json the rows are added under "everything")."""
+    import json
+
     import torch
 
     from .utils import write_json_atomic
 
-    ap = argparse.ArgumentParser(prog="repvit-sam bench --task everything", description=__doc__.split("\n\n")[0])
-    add_arguments(ap)
-    a = ap.parse_args(argv)
-    cfg = {k: getattr(a, k) for k in ("model", "checkpoint", "image", "size", "points_per_side", "filters")}
+    if isinstance(argv, argparse.Namespace):
+        a = argparse.Namespace(
+            model=argv.models[0], checkpoint=None, pretrained=argv.pretrained, image=argv.image, size=argv.size,
+            points_per_side=argv.points_per_side, modes=argv.modes, filters=argv.filters, json=argv.json,
+        )
+    else:
+        ap = argparse.ArgumentParser(prog="python -m repvit_sam.bench_everything", description=__doc__.split("\n\n")[0])
+        add_arguments(ap)
+        a = ap.parse_args(argv)
+        a.pretrained = False
+    cfg = {k: getattr(a, k) for k in ("model", "checkpoint", "pretrained", "image", "size", "points_per_side", "filters")}
     rows = run(a.modes, cfg)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     hw = next((r["image_hw"] for r in rows if "image_hw" in r), None)
-    print(f"segment everything: {cfg['model']} ({'checkpoint' if cfg['checkpoint'] else 'random weights'}), image {hw}, "
+    weights = "official weights" if (cfg["checkpoint"] or cfg["pretrained"]) else "random weights"
+    print(f"segment everything: {cfg['model']} ({weights}), image {hw}, "
           f"{cfg['points_per_side']}x{cfg['points_per_side']} points, filters {cfg['filters']}; {machine}")
     print(markdown(rows))
     if a.json:
-        write_json_atomic(a.json, {"machine": machine, "settings": cfg, "results": rows})
+        from pathlib import Path
+
+        path = Path(a.json)
+        data = {"machine": machine, "settings": cfg, "results": rows}
+        if isinstance(argv, argparse.Namespace):  # add to the report bench has just written, if any
+            base = json.loads(path.read_text()) if path.exists() and getattr(argv, "bench_report", None) else {}
+            data = {**base, "everything": {"settings": cfg, "results": rows}}
+        write_json_atomic(path, data)
     return 1 if any("error" in r for r in rows) else 0
 
 

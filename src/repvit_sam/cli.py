@@ -150,23 +150,6 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_segment)
 
 
-# ---------------------------------------------------------------- bench
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    argv = ["--models", *args.models, "--runs", str(args.runs), "--size", str(args.size)]
-    return bench_main(argv + (["--json", str(args.json)] if args.json else []))
-
-
-def add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="image-encoder latency: eager vs fused vs fused+channels_last")
-    p.add_argument("--models", nargs="+", default=["repvit", "vit_t"])
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--json", type=Path)
-    p.set_defaults(func=cmd_bench)
-
-
 @dataclass(frozen=True)
 class Command:
     """A subcommand: ``add`` registers its parser on the subparsers action. It is a function or a
@@ -186,7 +169,7 @@ class Command:
 
 COMMANDS = (
     Command("segment", add_segment),
-    Command("bench", add_bench),
+    Command("bench", ".bench:add_parser"),
     Command("everything", ".everything:add_parser"),
     Command("distill", ".distill.cli:add_parser"),
     Command("export", ".export.cli:add_parser"),

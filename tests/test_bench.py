@@ -1,0 +1,209 @@
+"""``repvit-sam bench`` on tiny models: the FLOP counter against hand formulas, the report's
+layout (JSON and Markdown), rows for backends that cannot run, and the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import repvit_sam.backends as backends
+import repvit_sam.bench as bench
+from repvit_sam import build_from_config, cli
+
+from conftest import TINY, randomize_
+
+
+def _conv_flop(conv: nn.Conv2d, out: torch.Tensor) -> int:
+    kh, kw = conv.kernel_size
+    return 2 * out.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+
+def test_gflop_of_one_conv_is_the_hand_formula():
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+    # 16 output channels x 16 x 16 output pixels, each 8 x 3 x 3 multiply-accumulates (2 FLOP each)
+    assert bench.count_gflop(conv, (1, 8, 32, 32)) * 1e9 == pytest.approx(2 * 16 * 16 * 16 * 8 * 3 * 3, abs=0.5)
+    dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+    assert bench.count_gflop(dw, (2, 12, 10, 10)) * 1e9 == pytest.approx(2 * 2 * 12 * 10 * 10 * 9, abs=0.5)
+
+
+def test_gflop_of_tiny_repvit_is_the_sum_over_its_convolutions():
+    """RepViT's arithmetic is all convolutions: the counter equals the per-layer formula summed
+    over every conv's actual output (collected with forward hooks on a real pass)."""
+    encoder = randomize_(build_from_config(TINY["repvit"])).image_encoder
+    total = []
+    hooks = [m.register_forward_hook(lambda mod, _, out: total.append(_conv_flop(mod, out)))
+             for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        encoder(torch.zeros(1, 3, 256, 256))
+    for h in hooks:
+        h.remove()
+    assert bench.count_gflop(encoder, (1, 3, 256, 256)) * 1e9 == pytest.approx(sum(total), rel=1e-9)
+
+
+def test_peak_memory_sees_an_allocation():
+    with bench.peak_memory() as mem:
+        block = np.ones(50 * 2**20 // 8)  # 50 MB, touched
+        del block
+    assert mem["peak_mb"] is not None and 45 <= mem["peak_mb"] <= 200
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    torch.manual_seed(0)
+    model = randomize_(build_from_config(TINY["repvit"]))
+    chosen = ["fused", "bf16"] + (["openvino"] if backends.unavailable_reason("openvino") is None else [])
+    return bench.benchmark({"tiny": model}, chosen, runs=2, warmup=1, size=256, decoder_batches=(1, 4),
+                           matmul_n=256, progress=False)
+
+
+def test_report_layout_and_numbers(tiny_report):
+    r = tiny_report
+    assert set(r) >= {"machine", "results", "decoder"}
+    assert r["machine"]["threads"] == torch.get_num_threads() and r["machine"]["matmul_gflops"]["fp32"] > 0
+    rows = r["results"]
+    assert [row["backend"] for row in rows][:3] == ["eager", "fused", "bf16"]  # eager first: the reference
+    gflop = bench.count_gflop(randomize_(build_from_config(TINY["repvit"])).image_encoder, (1, 3, 256, 256))
+    for row in rows:
+        assert set(bench.RESULT_KEYS) <= set(row) and row["model"] == "tiny" and row["note"] == ""
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert row["gflop"] == pytest.approx(gflop)
+        peak = r["machine"]["matmul_gflops"][row["precision"]]
+        assert row["peak_fraction"] == pytest.approx(gflop / (row["median_ms"] / 1e3) / peak)
+        assert row["peak_mb"] is not None and row["peak_mb"] >= 0
+    eager, fused, bf16 = rows[:3]
+    assert eager["cosine"] == 1.0 and eager["rel_err"] == 0.0 and eager["x_eager"] == 1.0
+    assert fused["cosine"] > 0.999999 and 0 < fused["rel_err"] < 1e-5
+    assert bf16["precision"] == "bf16" and bf16["cosine"] > 0.999 and 1e-5 < bf16["rel_err"] < 3e-2
+    assert fused["x_eager"] == pytest.approx(fused["median_ms"] / eager["median_ms"])
+    dec = r["decoder"]
+    assert [(d["model"], d["batch"]) for d in dec] == [("tiny", 1), ("tiny", 4)]
+    for d in dec:
+        assert d["per_prompt_ms"] == pytest.approx(d["median_ms"] / d["batch"])
+        assert d["masks"] == [d["batch"], 3, 192, 256]  # 3 candidates per prompt, a 4:3 image
+    json.loads(json.dumps(r))  # JSON-serialisable as it is
+
+
+def test_markdown_table(tiny_report):
+    text = bench.markdown(tiny_report)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| model | backend |"))
+    assert "median ms" in header and "peak MB" in header and "GFLOP" in header and "cosine" in header
+    rows = [line for line in lines if line.startswith("| tiny |")]
+    assert len(rows) == len(tiny_report["results"]) + len(tiny_report["decoder"])
+    eager = tiny_report["results"][0]
+    assert rows[0].startswith(f"| tiny | eager | {eager['median_ms']:.1f} |") and "| 1.000000 |" in rows[0]
+    assert f"{tiny_report['machine']['threads']} threads" in lines[0]
+
+
+def test_unavailable_and_failing_backends_get_rows_saying_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    real = backends.prepare_encoder
+
+    def flaky(encoder, backend, **kw):
+        if backend == "fused-cl":
+            raise RuntimeError("out of cheese\nsecond line")
+        return real(encoder, backend, **kw)
+
+    monkeypatch.setattr(backends, "prepare_encoder", flaky)
+    model = randomize_(build_from_config(TINY["repvit"]))
+    r = bench.benchmark({"tiny": model}, ["onnxruntime", "fused-cl", "fused"], runs=1, warmup=0, size=256,
+                        decoder_batches=(), matmul_n=128, progress=False)
+    by = {row["backend"]: row for row in r["results"]}
+    assert list(by) == ["eager", "onnxruntime", "fused-cl", "fused"] and r["decoder"] == []
+    assert by["onnxruntime"]["note"] == "unavailable: backend 'onnxruntime' needs onnxruntime: pip install 'repvit-sam[fast]'"
+    assert by["fused-cl"]["note"] == "failed: RuntimeError: out of cheese"
+    for name in ("onnxruntime", "fused-cl"):
+        assert by[name]["median_ms"] is None and by[name]["cosine"] is None
+    assert by["fused"]["median_ms"] > 0 and by["fused"]["note"] == ""
+    assert "| tiny | fused-cl | – |" in bench.markdown(r)
+
+
+def test_cli_bench_writes_json_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    built = []
+
+    def tiny(name, size, pretrained):
+        built.append((name, size, pretrained))
+        return randomize_(build_from_config(TINY[name]))
+
+    monkeypatch.setattr(bench, "_build_model", tiny)
+    monkeypatch.setattr(bench, "matmul_peaks", lambda n, with_cuda: {"matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": None}})
+    out = tmp_path / "sub" / "bench.json"
+    threads = torch.get_num_threads()
+    code = cli.main(["bench", "--models", "repvit", "--backends", "fused", "--runs", "1", "--warmup", "0",
+                     "--size", "256", "--decoder-batches", "2", "--threads", "1", "--json", str(out)])
+    assert code == 0 and built == [("repvit", 256, False)]
+    data = json.loads(out.read_text())
+    assert [(r["model"], r["backend"]) for r in data["results"]] == [("repvit", "eager"), ("repvit", "fused")]
+    assert data["machine"]["threads"] == 1 and data["decoder"][0]["batch"] == 2
+    assert data["machine"]["matmul_gflops"] == {"fp32": 100.0, "bf16": 300.0, "int8": None}
+    assert data["results"][1]["peak_fraction"] == pytest.approx(data["results"][1]["gflops"] / 100.0)
+    assert "| repvit | fused |" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # --threads applies to the benchmark only
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--models", "nope"], "unknown model 'nope'"),
+        (["--backends", "tensorrt"], "unknown backend 'tensorrt'; choose from eager"),
+        (["--size", "100"], "--size must be a multiple of 16"),
+        (["--runs", "0"], "expected a whole number >= 1"),
+        (["--task", "all"], "invalid choice: 'all'"),
+    ],
+)
+def test_cli_bench_bad_arguments(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "benchmark", lambda *a, **k: pytest.fail("must not run"))
+    assert cli.main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_task_everything_gets_the_parsed_arguments(monkeypatch):
+    from repvit_sam import bench_everything
+
+    seen = {}
+    monkeypatch.setattr(bench, "benchmark", lambda *a, **k: pytest.fail("encoder/decoder not asked for"))
+    monkeypatch.setattr(bench_everything, "run", lambda modes, cfg, **kw: seen.update(modes=modes, cfg=cfg) or [])
+    assert cli.main(["bench", "--task", "everything", "--models", "vit_t", "--size", "512", "--modes", "fast", "--filters", "none"]) == 0
+    assert seen["modes"] == ["fast"]
+    assert {k: seen["cfg"][k] for k in ("model", "size", "filters", "points_per_side")} == {
+        "model": "vit_t", "size": 512, "filters": "none", "points_per_side": 32}
+
+
+def test_bench_everything_rows_on_a_tiny_model():
+    """Every mode's row: timing, mask count, agreement with the reference (fast fp32: every
+    reference mask matched with IoU >= 0.99, scores within 1e-3)."""
+    from conftest import TINY
+
+    from repvit_sam import bench_everything
+
+    cfg = {"model": TINY["repvit"], "checkpoint": None, "pretrained": False, "image": None, "size": 96,
+           "points_per_side": 4, "filters": "none"}
+    rows = bench_everything.run(["fast", "reference", "fast-bf16", "coarse-to-fine"], cfg, progress=False, isolate=False)
+    assert [r["mode"] for r in rows] == ["reference", "fast", "fast-bf16", "coarse-to-fine"]
+    ref, fast = rows[0], rows[1]
+    assert ref["speedup"] == 1.0 and ref["n_masks"] > 0 and max(ref["image_hw"]) == 96
+    assert fast["n_masks"] == ref["n_masks"] and fast["agree_matched_iou_ge_0_99"] == ref["n_masks"]
+    assert fast["agree_max_predicted_iou_diff"] < 1e-3
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    table = bench_everything.markdown(rows)
+    assert table.count("\n") == 1 + len(rows) and "| fast-bf16 |" in table
+
+
+def test_module_entry_point_is_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: repvit-sam bench") and "--backends" in out and "--task" in out
+
+
+def test_matmul_peak_is_the_better_of_start_and_end():
+    machine = {"matmul_gflops": {"fp32": 100.0, "bf16": None, "int8": 50.0}}
+    bench._update_peaks(machine, {"matmul_gflops": {"fp32": 90.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}})
+    assert machine == {"matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}}
