@@ -356,6 +356,17 @@ class SamAutomaticMaskGenerator:
       point_grids: explicit grids, one (N, 2) array in [0, 1] per layer (0..crop_n_layers).
       min_mask_region_area: if > 0, remove islands / fill holes smaller than this (pixels).
       output_mode: "binary_mask" (bool (H, W) array), "uncompressed_rle" or "coco_rle".
+
+    Beyond segment_anything (keyword-only):
+      impl: "fast" (default: FastDecoder, IoU filter before upscaling, bounded chunks; same
+        records up to float rounding) or "reference" (the plain algorithm).
+      precision: "fp32" or "bf16" (decoder on a bfloat16 copy of its weights and, unless
+        ``backend`` is given, the image encoder on the "bf16" backend).
+      backend: image-encoder backend (repvit_sam.backends), e.g. "fused-cl", "openvino".
+      sampling: "grid" or "coarse-to-fine" (a sparse grid first, then only the points of the
+        full grid that no mask covers yet).
+      coarse_points_per_side: the sparse grid's size (default points_per_side // 4).
+    In the fast path ``points_per_batch`` only caps the prompts per decoder pass.
     """
 
     def __init__(
@@ -443,7 +454,10 @@ class SamAutomaticMaskGenerator:
         else:
             self.coarse_points_per_side = None
 
-        # The reference path decodes with the model's own MaskDecoder module.
+        # The reference path decodes with the model's own MaskDecoder module. bf16 precision
+        # also runs the image encoder in bf16 unless a backend is named.
+        if precision == "bf16" and backend is None:
+            backend = "bf16"
         self.predictor = SamPredictor(model, backend=backend, fast_decoder=impl == "fast")
         self.impl = impl
         self.precision = precision
