@@ -119,8 +119,8 @@ class FastDecoder:
         pe_module = self.model.prompt_encoder
         dt = self.dtype
         self._upscaling_matrices()
-        self._embedding = image_embedding.flatten(2).transpose(1, 2).to(dt)  # (1, HW, C)
-        self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt)  # (1, HW, C)
+        self._embedding = image_embedding.flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
+        self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
         self._hw = tuple(image_embedding.shape[-2:])
         keys = self._embedding + pe_module.no_mask_embed.weight.reshape(1, 1, -1).to(dt)
         layer = self.transformer.layers[0]
