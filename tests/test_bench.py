@@ -81,10 +81,14 @@ def test_report_layout_and_numbers(tiny_report):
     assert bf16["precision"] == "bf16" and bf16["cosine"] > 0.999 and 1e-5 < bf16["rel_err"] < 3e-2
     assert fused["x_eager"] == pytest.approx(fused["median_ms"] / eager["median_ms"])
     dec = r["decoder"]
-    assert [(d["model"], d["batch"]) for d in dec] == [("tiny", 1), ("tiny", 4)]
+    paths = ("module", "fast", "fast-bf16", "predict_torch")
+    assert [(d["model"], d["batch"], d["path"]) for d in dec] == [("tiny", b, p) for b in (1, 4) for p in paths]
     for d in dec:
         assert d["per_prompt_ms"] == pytest.approx(d["median_ms"] / d["batch"])
-        assert d["masks"] == [d["batch"], 3, 192, 256]  # 3 candidates per prompt, a 4:3 image
+        if d["path"] == "predict_torch":
+            assert d["masks"] == [d["batch"], 3, 192, 256]  # 3 candidates per prompt, a 4:3 image
+        else:
+            assert d["masks"] == [d["batch"], 3, 64, 64]  # low-res logits of the tiny decoder
     json.loads(json.dumps(r))  # JSON-serialisable as it is
 
 

@@ -492,27 +492,51 @@ def _gpu_rows(model_name: str, encoder: "nn.Module", backend: str, size: int, ba
     return rows
 
 
+DECODER_PATHS = ("module", "fast", "fast-bf16", "predict_torch")
+
+
 def _decoder_rows(model_name: str, model: "nn.Module", size: int, batches: Sequence[int], runs: int, warmup: int) -> List[Dict[str, Any]]:
-    """The mask decoder through the public API: ``SamPredictor.predict_torch`` with one point
-    per prompt (multimask output, masks upscaled to the image) on an image set once."""
+    """The mask decoder per prompt, one point per prompt, 3 masks each, on an image set once:
+
+    * ``module``: prompt encoder + ``model.mask_decoder`` (the original computation), low-res logits;
+    * ``fast`` / ``fast-bf16``: the same through :class:`FastDecoder` (fp32 / bf16), low-res logits;
+    * ``predict_torch``: ``SamPredictor.predict_torch`` (fast decoder, masks upscaled to the image).
+    """
     import numpy as np
     import torch
 
+    from .inference.fast_decoder import FastDecoder
     from .inference.predictor import SamPredictor
 
     rng = np.random.default_rng(0)
     h, w = size * 3 // 4, size  # a 4:3 photo
     predictor = SamPredictor(model, backend="bf16")
     predictor.set_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    emb = predictor.get_image_embedding()
+    pe, md = model.prompt_encoder, model.mask_decoder
+    fast = {"fast": FastDecoder(model), "fast-bf16": FastDecoder(model, dtype=torch.bfloat16)}
+    for dec in fast.values():
+        dec.set_image(emb)
     rows = []
     for b in batches:
         pts = torch.as_tensor(rng.uniform([0, 0], [w, h], (b, 1, 2)), dtype=torch.float32)
         coords = predictor.transform.apply_coords_torch(pts, (h, w))
         labels = torch.ones(b, 1, dtype=torch.int64)
-        t = _timed(lambda: predictor.predict_torch(coords, labels, multimask_output=True), runs, warmup)
-        masks = t.pop("out")[0]
-        rows.append({"model": model_name, "batch": b, **t, "per_prompt_ms": t["median_ms"] / b,
-                     "image": f"{w}x{h}", "masks": list(masks.shape)})
+
+        def module_path():
+            sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+            return md(emb, pe.get_dense_pe(), sparse, dense, True)
+
+        def fast_path(dec):
+            return lambda: dec(pe(points=(coords, labels), boxes=None, masks=None)[0], multimask_output=True)
+
+        calls = {"module": module_path, "fast": fast_path(fast["fast"]), "fast-bf16": fast_path(fast["fast-bf16"]),
+                 "predict_torch": lambda: predictor.predict_torch(coords, labels, multimask_output=True)}
+        for path in DECODER_PATHS:
+            t = _timed(calls[path], runs, warmup)
+            masks = t.pop("out")[0]
+            rows.append({"model": model_name, "path": path, "batch": b, **t, "per_prompt_ms": t["median_ms"] / b,
+                         "image": f"{w}x{h}", "masks": list(masks.shape)})
     return rows
 
 
@@ -625,14 +649,15 @@ def markdown(report: Mapping[str, Any]) -> str:
     if report["decoder"]:
         lines += [
             "",
-            "Mask decoder (SamPredictor.predict_torch, one point per prompt, 3 masks each, upscaled to the image):",
+            "Mask decoder, one point per prompt, 3 masks each (module: the original MaskDecoder; fast / fast-bf16: "
+            "FastDecoder; both low-res logits. predict_torch: the predictor, masks upscaled to the image):",
             "",
-            "| model | prompts per call | median ms per call | min ms | max ms | ms per prompt |",
-            "|---|--:|--:|--:|--:|--:|",
+            "| model | path | prompts per call | median ms per call | min ms | max ms | ms per prompt |",
+            "|---|---|--:|--:|--:|--:|--:|",
         ]
         for r in report["decoder"]:
             lines.append(
-                f"| {r['model']} | {r['batch']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | {r['per_prompt_ms']:.2f} |"
+                f"| {r['model']} | {r['path']} | {r['batch']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | {r['per_prompt_ms']:.2f} |"
             )
     return "\n".join(lines)
 

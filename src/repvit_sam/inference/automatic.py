@@ -200,8 +200,8 @@ def calculate_stability_score(logits: torch.Tensor, mask_threshold: float, offse
     The ratio of the areas of a tight and a loose binarisation: near 1 when the mask barely
     moves with the threshold. A mask empty at the loose threshold scores 0 (not NaN).
     """
-    inter = (logits > (mask_threshold + offset)).sum(dim=(-1, -2), dtype=torch.int64)
-    union = (logits > (mask_threshold - offset)).sum(dim=(-1, -2), dtype=torch.int64)
+    inter = torch.count_nonzero(logits > (mask_threshold + offset), dim=(-1, -2))
+    union = torch.count_nonzero(logits > (mask_threshold - offset), dim=(-1, -2))
     score = inter.to(torch.float32) / union.clamp(min=1).to(torch.float32)
     return torch.where(union > 0, score, torch.zeros_like(score))
 
