@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..modeling.sam import Sam
-from .fast_decoder import FastDecoder
+from .fast_decoder import MASKS_PER_PASS, TOKENS_PER_PASS, FastDecoder
 from .predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -40,13 +40,10 @@ IMPLS = ("fast", "reference")
 PRECISIONS = ("fp32", "bf16")
 SAMPLINGS = ("grid", "coarse-to-fine")
 
-# Fast path: prompts per transformer pass and per upscaling pass, and full-resolution masks
-# held at once. Sized so the large per-pass tensors stay under 32 MiB (about 4 MiB per prompt
-# in the transformer, 8 MiB per prompt in the upscaling): glibc serves smaller blocks from
-# memory it keeps for reuse, while larger ones are mapped fresh, and page-faulted, on every
-# allocation (measured: 11 vs 17-19 ms per prompt for 4 vs 8 prompts per pass).
-TOKEN_CHUNK = 4
-MASK_CHUNK = 2
+# Fast path: prompts per transformer pass and per upscaling pass (see fast_decoder), and
+# full-resolution masks held at once.
+TOKEN_CHUNK = TOKENS_PER_PASS
+MASK_CHUNK = MASKS_PER_PASS
 FULLRES_CHUNK = 8
 FULLRES_PIXELS = 16 * 1024 * 1024  # at most this many full-size logits (64 MB) at once
 
