@@ -284,3 +284,14 @@ def test_empty_result_both_paths(model):
         assert gen.generate(img) == []
         # the filters are what emptied it: with them off, the same grid gives masks
         assert len(SamAutomaticMaskGenerator(model, points_per_side=4, impl=impl, pred_iou_thresh=-10.0, stability_score_thresh=0.0).generate(img)) > 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(impl="reference", points_per_batch=10), dict(), dict(sampling="coarse-to-fine", coarse_points_per_side=2)])
+def test_progress_reports_every_grid_point_once(model, kwargs):
+    seen = []
+    gen = SamAutomaticMaskGenerator(model, points_per_side=5, crop_n_layers=1, **kwargs)
+    gen.generate(np.full((40, 50, 3), 90, np.uint8), progress=lambda done, total: seen.append((done, total)))
+    total = 25 * 5  # the whole image and 4 crops, 5 x 5 points each
+    assert seen and all(t == total for _, t in seen)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == total and done[0] > 0

@@ -23,10 +23,11 @@ an empty mask), and ``crop_box`` is ``[x0, y0, x1 - x0, y1 - y0]``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 from itertools import product
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -462,6 +463,10 @@ class SamAutomaticMaskGenerator:
         self.precision = precision
         self.sampling = sampling
         self._fast: Optional[FastDecoder] = None
+        # Held around each fast-path decoder pass (e.g. a server's model lock); no-op by default.
+        self.decode_lock: Any = contextlib.nullcontext()
+        self._progress: Optional[Callable[[int, int], None]] = None
+        self._points_done = self._points_total = 0
         if impl == "fast":
             self._fast = FastDecoder(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         self.points_per_batch = int(points_per_batch)
@@ -478,18 +483,26 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
-    def generate(self, image: np.ndarray) -> List[Dict[str, Any]]:
+    def generate(self, image: np.ndarray, progress: Optional[Callable[[int, int], None]] = None) -> List[Dict[str, Any]]:
         """All masks of ``image`` ((H, W, 3) uint8 RGB; other inputs are converted as by
         ``SamPredictor.set_image``). One record per mask:
 
         segmentation (per output_mode), area (int), bbox ([x, y, w, h] of the mask),
         predicted_iou (float), point_coords ([[x, y]] prompt in image pixels),
         stability_score (float), crop_box ([x, y, w, h] of the crop the mask came from).
+
+        ``progress(points_done, points_total)``, if given, is called as the grid points of all
+        crops are decoded (coarse-to-fine counts the points it skips as done).
         """
         from ..io import to_rgb_uint8
 
         rgb = to_rgb_uint8(image)
-        data = self._generate_masks(rgb)
+        self._progress = progress
+        self._points_done = 0
+        try:
+            data = self._generate_masks(rgb)
+        finally:
+            self._progress = None
         if self.min_mask_region_area > 0:
             self._postprocess_small_regions(data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh))
 
@@ -517,9 +530,17 @@ class SamAutomaticMaskGenerator:
         return records
 
     # ------------------------------------------------------------------ stages
+    def _advance(self, n_points: int) -> None:
+        if n_points <= 0:
+            return
+        self._points_done += n_points
+        if self._progress is not None:
+            self._progress(self._points_done, self._points_total)
+
     def _generate_masks(self, image: np.ndarray) -> _MaskData:
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        self._points_total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
         data = _MaskData.cat([self._process_crop(image, box, layer, orig_size) for box, layer in zip(crop_boxes, layer_idxs)])
         if len(crop_boxes) > 1 and len(data) > 0:
             cb = data.fields["crop_boxes"].to(torch.float64)
@@ -539,16 +560,19 @@ class SamAutomaticMaskGenerator:
         if self.impl == "reference":
             for i in range(0, len(points), self.points_per_batch):
                 parts.append(self._process_batch(points[i : i + self.points_per_batch], crop_size, crop_box, orig_size))
+                self._advance(len(points[i : i + self.points_per_batch]))
         else:
             assert self._fast is not None and self.predictor.features is not None
             self._fast.set_image(self.predictor.features)
             if self.sampling == "coarse-to-fine":
                 coarse = build_point_grid(self.coarse_points_per_side) * scale  # type: ignore[arg-type]
-                parts += self._decode_fast(coarse, crop_size, crop_box, orig_size)
+                parts += self._decode_fast(coarse, crop_size, crop_box, orig_size, report=False)
                 covered = _coverage(_MaskData.cat(parts), crop_box)
                 px = np.clip(np.floor(points).astype(np.int64), 0, [crop_size[1] - 1, crop_size[0] - 1])
+                n_grid = len(points)
                 points = points[~covered[px[:, 1], px[:, 0]]]
-            parts += self._decode_fast(points, crop_size, crop_box, orig_size)
+                self._advance(n_grid - len(points))
+            parts += self._decode_fast(points, crop_size, crop_box, orig_size, report=True)
         self.predictor.reset_image()
         data = _MaskData.cat(parts)
         if len(data) == 0:
@@ -576,7 +600,9 @@ class SamAutomaticMaskGenerator:
             keep &= iou > self.pred_iou_thresh
         return self._filter_and_encode(logits, iou, pts, keep, crop_box, orig_size)
 
-    def _decode_fast(self, points: np.ndarray, crop_size: Tuple[int, int], crop_box: List[int], orig_size: Tuple[int, int]) -> List[_MaskData]:
+    def _decode_fast(
+        self, points: np.ndarray, crop_size: Tuple[int, int], crop_box: List[int], orig_size: Tuple[int, int], report: bool = True
+    ) -> List[_MaskData]:
         """Fast path: the transformer for every point (FastDecoder.tokens), then upscaling and
         full-size logits only for masks that pass the predicted-IoU filter, in bounded chunks.
         Records come out in the reference's order (by point, then mask)."""
@@ -594,7 +620,10 @@ class SamAutomaticMaskGenerator:
         full_chunk = max(1, min(FULLRES_CHUNK, FULLRES_PIXELS // max(1, h * w)))
         token_chunk = min(TOKEN_CHUNK, self.points_per_batch)
         for i in range(0, len(points), token_chunk):
-            state = dec.tokens(sparse[i : i + token_chunk])
+            if report and i:
+                self._advance(token_chunk)
+            with self.decode_lock:
+                state = dec.tokens(sparse[i : i + token_chunk])
             iou = state.iou_pred[:, multi].cpu()  # (b, 3)
             cand = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
             rows = cand.any(dim=1).nonzero().flatten()
@@ -602,7 +631,9 @@ class SamAutomaticMaskGenerator:
             for j in range(0, len(rows), MASK_CHUNK):
                 r = rows[j : j + MASK_CHUNK]
                 pick = cand[r]  # (k, 3)
-                low_parts.append(dec.masks(state.select(r.to(state.keys.device)), multi)[pick.to(state.keys.device)])
+                with self.decode_lock:
+                    low = dec.masks(state.select(r.to(state.keys.device)), multi)
+                low_parts.append(low[pick.to(state.keys.device)])
                 iou_parts.append(iou[r][pick])
                 pt_parts.append((i + r)[:, None].expand(-1, n_multi)[pick])
             if not low_parts:
@@ -614,6 +645,8 @@ class SamAutomaticMaskGenerator:
                 pts = torch.as_tensor(points[pidx[sl].numpy()], dtype=torch.float64)
                 keep = torch.ones(len(logits), dtype=torch.bool)
                 parts.append(self._filter_and_encode(logits, ious[sl], pts, keep, crop_box, orig_size))
+        if report:  # the last chunk (the earlier ones were counted as the next began)
+            self._advance(len(points) - (len(points) - 1) // token_chunk * token_chunk)
         return parts
 
     def _filter_and_encode(

@@ -6,6 +6,7 @@ values and coordinate conventions (XY pixels of the original image, boxes XYXY).
 
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,6 +22,9 @@ Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
 # Prompts decoded per call when many boxes are given: bounds the full-resolution logits held
 # at once (chunk x 3 x H x W floats) while keeping the decoder's matrix products large.
 DECODE_CHUNK = 16
+
+# Prepared fast decoders kept per predictor (one per image embedding, most recent first out).
+FAST_DECODERS_KEPT = 4
 
 
 class SamPredictor:
@@ -40,8 +44,9 @@ class SamPredictor:
         self.model = sam_model
         self.backend = backend
         self.fast_decoder = fast_decoder
-        self._fast: Optional[FastDecoder] = None
-        self._fast_features: Optional[torch.Tensor] = None
+        self._fast: Optional[FastDecoder] = None  # the last one used
+        self._fast_cache: List[Tuple[torch.Tensor, FastDecoder]] = []
+        self._fast_lock = threading.Lock()
         if backend is None:
             self._encode = sam_model.image_encoder
         else:
@@ -122,7 +127,6 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: Optional[torch.Tensor] = None
-        self._fast_features = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Tuple[int, ...]] = None
         self.input_size: Optional[Tuple[int, ...]] = None
@@ -263,13 +267,21 @@ class SamPredictor:
         return masks, iou, low_res
 
     def _fast_for(self, features: torch.Tensor) -> FastDecoder:
-        """The fast decoder, prepared for ``features`` (its per-image work done once)."""
-        if self._fast is None:
-            self._fast = FastDecoder(self.model)
-        if self._fast_features is not features:
-            self._fast.set_image(features)
-            self._fast_features = features
-        return self._fast
+        """A fast decoder prepared for ``features`` (its per-image work done once). One decoder
+        per embedding, the last few kept: threads decoding different images never share one."""
+        with self._fast_lock:
+            for i, (feats, dec) in enumerate(self._fast_cache):
+                if feats is features:
+                    self._fast_cache.append(self._fast_cache.pop(i))  # most recently used last
+                    self._fast = dec
+                    return dec
+        dec = FastDecoder(self.model)
+        dec.set_image(features)
+        with self._fast_lock:
+            self._fast_cache.append((features, dec))
+            del self._fast_cache[:-FAST_DECODERS_KEPT]
+            self._fast = dec
+        return dec
 
     # ------------------------------------------------------------------ several images
     @torch.no_grad()

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -141,18 +141,15 @@ class _EmbeddedPredictor(SamPredictor):
             return super().predict_torch(*args, **kwargs)
 
 
-class _ProgressGenerator(SamAutomaticMaskGenerator):
-    """The automatic mask generator on a cached embedding, reporting each decoded batch."""
+class _EmbeddedGenerator(SamAutomaticMaskGenerator):
+    """The automatic mask generator on a cached embedding, taking the model lock around each
+    decoder pass (the fast path's ``decode_lock``; the predictor's ``predict_torch`` for the
+    reference path)."""
 
-    def __init__(self, model: Sam, entry: ImageEntry, lock: Any, on_batch: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, model: Sam, entry: ImageEntry, lock: Any, **kwargs: Any) -> None:
         super().__init__(model, crop_n_layers=0, output_mode="coco_rle", **kwargs)
         self.predictor = _EmbeddedPredictor(model, entry, lock)
-        self._on_batch = on_batch
-
-    def _process_batch(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-        out = super()._process_batch(*args, **kwargs)
-        self._on_batch()
-        return out
+        self.decode_lock = lock
 
 
 def _finite(value: float) -> float:
@@ -232,19 +229,19 @@ class SegmentationService:
             progress = entry.progress
             progress.state, progress.done, progress.total = "running", 0, n_batches
 
-            def on_batch() -> None:
-                progress.done += 1
+            def on_points(done: int, total: int) -> None:  # as batches of points_per_batch points
+                progress.done = min(n_batches, math.ceil(done / points_per_batch))
 
             try:
-                generator = _ProgressGenerator(
-                    self.model, entry, self.model_lock, on_batch,
+                generator = _EmbeddedGenerator(
+                    self.model, entry, self.model_lock,
                     points_per_side=points_per_side, points_per_batch=points_per_batch, **options,
                 )
                 # The generator only reads the image's size here (the embedding is cached);
                 # np.zeros pages are never touched, so this costs no memory.
                 placeholder = np.zeros((entry.height, entry.width, 3), dtype=np.uint8)
                 with torch.inference_mode():
-                    records = generator.generate(placeholder)
+                    records = generator.generate(placeholder, progress=on_points)
             except BaseException:
                 progress.state = "failed"
                 raise
