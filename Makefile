@@ -3,7 +3,7 @@
 #   make test      install if needed, then run the test suite
 #   make demo      main job: segment a sample photo (scikit-image's astronaut) with a point and a box;
 #                  fetches the official RepViT-SAM weights on first use (or set CHECKPOINT=path)
-#   make bench     image-encoder latency (eager / fused / fused+channels_last) on this machine
+#   make bench     every image-encoder backend and the mask decoder on this machine (repvit-sam bench)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

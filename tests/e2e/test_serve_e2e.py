@@ -169,16 +169,17 @@ def test_page_upload_click_overlay(server, browser, tmp_path, monkeypatch):
     assert doc["info"]["prompts"]["box"] == pytest.approx([40, 40, 200, 200], abs=1)
 
     # Segment everything with all thresholds off: progress is polled while it runs (each
-    # batch is slowed down to 0.3 s here so that the 200 ms polling sees it), masks are drawn.
+    # progress step, 4 points, is slowed down by 50 ms here so that the 200 ms polling sees
+    # it), masks are drawn.
     from repvit_sam.serve import service as service_mod
 
-    original = service_mod._ProgressGenerator._process_batch
+    original = service_mod._EmbeddedGenerator._advance
 
-    def slow_batch(self, *args, **kwargs):
-        time.sleep(0.3)
-        return original(self, *args, **kwargs)
+    def slow_advance(self, n_points):
+        time.sleep(0.05)
+        return original(self, n_points)
 
-    monkeypatch.setattr(service_mod._ProgressGenerator, "_process_batch", slow_batch)
+    monkeypatch.setattr(service_mod._EmbeddedGenerator, "_advance", slow_advance)
     page.click("#everything-settings summary")
     page.fill("#pred-iou", "0")
     page.fill("#stability", "0")
