@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..modeling.sam import Sam
-from .fast_decoder import MASKS_PER_PASS, TOKENS_PER_PASS, FastDecoder
+from .fast_decoder import FastDecoder
 from .predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -41,10 +41,7 @@ IMPLS = ("fast", "reference")
 PRECISIONS = ("fp32", "bf16")
 SAMPLINGS = ("grid", "coarse-to-fine")
 
-# Fast path: prompts per transformer pass and per upscaling pass (see fast_decoder), and
-# full-resolution masks held at once.
-TOKEN_CHUNK = TOKENS_PER_PASS
-MASK_CHUNK = MASKS_PER_PASS
+# Fast path: prompts per pass come from FastDecoder.pass_sizes; full-resolution masks held at once:
 FULLRES_CHUNK = 8
 FULLRES_PIXELS = 16 * 1024 * 1024  # at most this many full-size logits (64 MB) at once
 
@@ -618,7 +615,7 @@ class SamAutomaticMaskGenerator:
         n_multi = len(multi)
         h, w = crop_size
         full_chunk = max(1, min(FULLRES_CHUNK, FULLRES_PIXELS // max(1, h * w)))
-        token_chunk = min(TOKEN_CHUNK, self.points_per_batch)
+        token_chunk, mask_chunk = (min(n, self.points_per_batch) for n in dec.pass_sizes)
         for i in range(0, len(points), token_chunk):
             if report and i:
                 self._advance(token_chunk)
@@ -628,8 +625,8 @@ class SamAutomaticMaskGenerator:
             cand = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
             rows = cand.any(dim=1).nonzero().flatten()
             low_parts, iou_parts, pt_parts = [], [], []
-            for j in range(0, len(rows), MASK_CHUNK):
-                r = rows[j : j + MASK_CHUNK]
+            for j in range(0, len(rows), mask_chunk):
+                r = rows[j : j + mask_chunk]
                 pick = cand[r]  # (k, 3)
                 with self.decode_lock:
                     low = dec.masks(state.select(r.to(state.keys.device)), multi)

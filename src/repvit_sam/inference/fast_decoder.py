@@ -58,7 +58,8 @@ class TokenState:
     mask_tokens: torch.Tensor  # (B, num_mask_tokens, C)
     iou_pred: torch.Tensor  # (B, num_mask_tokens) predicted IoU of every mask token
 
-    def select(self, idx: torch.Tensor) -> "TokenState":
+    def select(self, idx: "torch.Tensor | slice") -> "TokenState":
+        """The prompts ``idx`` (an index tensor, or a slice: then views, no copy)."""
         return TokenState(self.keys[idx], self.mask_tokens[idx], self.iou_pred[idx])
 
     def __len__(self) -> int:
@@ -238,13 +239,20 @@ class FastDecoder:
         self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, multimask_output: bool = True
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(low-res logits (B, M, 4h, 4w), IoU predictions (B, M)); M = 3 if multimask else 1,
-        as ``MaskDecoder.forward``. Large batches run ``TOKENS_PER_PASS`` / ``MASKS_PER_PASS``
-        prompts at a time."""
+        as ``MaskDecoder.forward``. Large batches run ``pass_sizes`` prompts at a time."""
         sel = torch.arange(1, self.decoder.num_mask_tokens) if multimask_output else torch.tensor([0])
         logits, ious = [], []
-        for i in range(0, sparse.shape[0], TOKENS_PER_PASS):
-            state = self.tokens(sparse[i : i + TOKENS_PER_PASS], None if dense is None else dense[i : i + TOKENS_PER_PASS])
-            for j in range(0, len(state), MASKS_PER_PASS):
-                logits.append(self.masks(state.select(torch.arange(j, min(j + MASKS_PER_PASS, len(state)))), sel))
+        per_tokens, per_masks = self.pass_sizes
+        for i in range(0, sparse.shape[0], per_tokens):
+            state = self.tokens(sparse[i : i + per_tokens], None if dense is None else dense[i : i + per_tokens])
+            for j in range(0, len(state), per_masks):
+                logits.append(self.masks(state.select(slice(j, j + per_masks)), sel))
             ious.append(state.iou_pred[:, sel])
         return torch.cat(logits), torch.cat(ious)
+
+    @property
+    def pass_sizes(self) -> Tuple[int, int]:
+        """Prompts per transformer pass and per upscaling pass: twice as many in bfloat16,
+        whose tensors are half the size (see TOKENS_PER_PASS)."""
+        k = 2 if self.dtype == torch.bfloat16 else 1
+        return TOKENS_PER_PASS * k, MASKS_PER_PASS * k
