@@ -140,4 +140,4 @@ def test_fast_decoder_predictions_equal_module_decoder(predictor, image):
         assert np.linalg.norm(a_low - b_low) / np.linalg.norm(a_low) < 1e-5
         np.testing.assert_allclose(a_iou, b_iou, atol=1e-5)
         assert np.linalg.norm(a_masks - b_masks) / np.linalg.norm(a_masks) < 1e-5
-    assert predictor._fast is not None and plain._fast is None  # really two different code paths
+    assert predictor._fast_cache and not plain._fast_cache  # really two different code paths

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .inference.prompts import PromptError, check_boxes, check_mask_input, check_points
+from .inference.prompts import check_boxes, check_mask_input, check_points, check_prompt_given
 
 Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
 PathLike = Union[str, os.PathLike]
@@ -200,10 +200,7 @@ class OnnxSamPredictor:
         self._require_image("predict")
         assert self.original_size is not None
         size = self.original_size
-        if point_coords is None and point_labels is not None:
-            raise PromptError("point_labels given without point_coords")
-        if point_coords is None and box is None and mask_input is None:
-            raise PromptError("no prompt given: pass point_coords + point_labels, a box, or a mask_input")
+        check_prompt_given(point_coords, point_labels, box, mask_input)
         boxes = check_boxes(box, size) if box is not None else None
         n = 1 if boxes is None else boxes.shape[0]
         coords = np.zeros((0, 2))

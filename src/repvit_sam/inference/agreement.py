@@ -13,22 +13,19 @@ import numpy as np
 
 
 def _coco_rles(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    from pycocotools import mask as mask_utils
-
+    """Each record's mask as a pycocotools RLE (bytes counts)."""
     from .automatic import coco_encode_rle
+    from .masks import mask_to_rle
 
     out = []
     for r in records:
         seg = r["segmentation"]
         if isinstance(seg, np.ndarray):
-            rle = mask_utils.encode(np.asfortranarray(seg.astype(np.uint8)))
-        elif isinstance(seg.get("counts"), list):
-            rle = coco_encode_rle(seg)
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("utf-8")}
-        else:
-            counts = seg["counts"]
-            rle = {"size": seg["size"], "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-        out.append(rle)
+            seg = mask_to_rle(seg)
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            seg = coco_encode_rle(seg)
+        counts = seg["counts"]
+        out.append({"size": seg["size"], "counts": counts.encode("utf-8") if isinstance(counts, str) else counts})
     return out
 
 

@@ -617,8 +617,6 @@ class SamAutomaticMaskGenerator:
         full_chunk = max(1, min(FULLRES_CHUNK, FULLRES_PIXELS // max(1, h * w)))
         token_chunk, mask_chunk = (min(n, self.points_per_batch) for n in dec.pass_sizes)
         for i in range(0, len(points), token_chunk):
-            if report and i:
-                self._advance(token_chunk)
             with self.decode_lock:
                 state = dec.tokens(sparse[i : i + token_chunk])
             iou = state.iou_pred[:, multi].cpu()  # (b, 3)
@@ -633,17 +631,16 @@ class SamAutomaticMaskGenerator:
                 low_parts.append(low[pick.to(state.keys.device)])
                 iou_parts.append(iou[r][pick])
                 pt_parts.append((i + r)[:, None].expand(-1, n_multi)[pick])
-            if not low_parts:
-                continue
-            low, ious, pidx = torch.cat(low_parts), torch.cat(iou_parts), torch.cat(pt_parts)
-            for k in range(0, len(low), full_chunk):
-                sl = slice(k, k + full_chunk)
-                logits = pred.model.postprocess_masks(low[None, sl], pred.input_size, crop_size)[0]
-                pts = torch.as_tensor(points[pidx[sl].numpy()], dtype=torch.float64)
-                keep = torch.ones(len(logits), dtype=torch.bool)
-                parts.append(self._filter_and_encode(logits, ious[sl], pts, keep, crop_box, orig_size))
-        if report:  # the last chunk (the earlier ones were counted as the next began)
-            self._advance(len(points) - (len(points) - 1) // token_chunk * token_chunk)
+            if low_parts:
+                low, ious, pidx = torch.cat(low_parts), torch.cat(iou_parts), torch.cat(pt_parts)
+                for k in range(0, len(low), full_chunk):
+                    sl = slice(k, k + full_chunk)
+                    logits = pred.model.postprocess_masks(low[None, sl], pred.input_size, crop_size)[0]
+                    pts = torch.as_tensor(points[pidx[sl].numpy()], dtype=torch.float64)
+                    keep = torch.ones(len(logits), dtype=torch.bool)
+                    parts.append(self._filter_and_encode(logits, ious[sl], pts, keep, crop_box, orig_size))
+            if report:
+                self._advance(min(token_chunk, len(points) - i))
         return parts
 
     def _filter_and_encode(

@@ -14,7 +14,7 @@ import torch
 
 from ..modeling.sam import Sam
 from .fast_decoder import FastDecoder
-from .prompts import PromptError, check_boxes, check_mask_input, check_points
+from .prompts import PromptError, check_boxes, check_mask_input, check_points, check_prompt_given
 from .transforms import ResizeLongestSide
 
 Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -44,7 +44,6 @@ class SamPredictor:
         self.model = sam_model
         self.backend = backend
         self.fast_decoder = fast_decoder
-        self._fast: Optional[FastDecoder] = None  # the last one used
         self._fast_cache: List[Tuple[torch.Tensor, FastDecoder]] = []
         self._fast_lock = threading.Lock()
         if backend is None:
@@ -179,10 +178,7 @@ class SamPredictor:
         return_logits: bool,
     ) -> Prediction:
         size = (int(original_size[0]), int(original_size[1]))
-        if point_coords is None and point_labels is not None:
-            raise PromptError("point_labels given without point_coords")
-        if point_coords is None and box is None and mask_input is None:
-            raise PromptError("no prompt given: pass point_coords + point_labels, a box, or a mask_input")
+        check_prompt_given(point_coords, point_labels, box, mask_input)
         boxes = check_boxes(box, size) if box is not None else None
         n = 1 if boxes is None else boxes.shape[0]
         coords_t = labels_t = box_t = mask_t = None
@@ -273,14 +269,12 @@ class SamPredictor:
             for i, (feats, dec) in enumerate(self._fast_cache):
                 if feats is features:
                     self._fast_cache.append(self._fast_cache.pop(i))  # most recently used last
-                    self._fast = dec
                     return dec
         dec = FastDecoder(self.model)
         dec.set_image(features)
         with self._fast_lock:
             self._fast_cache.append((features, dec))
             del self._fast_cache[:-FAST_DECODERS_KEPT]
-            self._fast = dec
         return dec
 
     # ------------------------------------------------------------------ several images

@@ -18,6 +18,14 @@ class PromptError(ValueError):
     """A prompt (points, labels, boxes, mask input) is malformed."""
 
 
+def check_prompt_given(point_coords: object, point_labels: object, box: object, mask_input: object) -> None:
+    """Refuse labels without points, and a call with no prompt at all."""
+    if point_coords is None and point_labels is not None:
+        raise PromptError("point_labels given without point_coords")
+    if point_coords is None and box is None and mask_input is None:
+        raise PromptError("no prompt given: pass point_coords + point_labels, a box, or a mask_input")
+
+
 def _numeric(name: str, value: object) -> np.ndarray:
     try:
         arr = np.asarray(value)
