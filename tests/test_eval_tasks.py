@@ -19,7 +19,7 @@ from conftest import TINY, randomize_
 from repvit_sam import build_from_config, fuse_model
 from repvit_sam.cli import main
 from repvit_sam.evaluation.cache import CachedPredictor, EmbeddingCache, weights_hash
-from repvit_sam.evaluation.datasets import DatasetError, ann_to_mask, load_coco
+from repvit_sam.evaluation.datasets import ann_to_mask, load_coco
 from repvit_sam.inference.masks import mask_to_rle
 from repvit_sam.inference.predictor import SamPredictor
 
