@@ -105,6 +105,81 @@ def test_fast_decoder_stages_and_errors(model):
     torch.testing.assert_close(sub, all_masks[1:, 2:])
 
 
+def test_fast_decoder_exact_for_large_and_offset_keys(full_decoder_model):
+    """The unrolled first convolution (scale * base + low-rank terms) does not lose precision
+    when the image keys are large or carry a large per-pixel mean (the norms remove it)."""
+    m = full_decoder_model
+    pe, md = m.prompt_encoder, m.mask_decoder
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(1, 256, 64, 64, generator=g) * 40.0 + torch.randn(1, 1, 64, 64, generator=g) * 300.0
+    coords, labels, _ = _prompts(m, 3, seed=2)
+    fast = FastDecoder(m)
+    fast.set_image(emb)
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+        ref, ref_iou = md(emb, pe.get_dense_pe(), sparse, dense, True)
+        got, got_iou = fast(sparse, multimask_output=True)
+    assert float((got - ref).norm() / ref.norm()) < 1e-5
+    torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_decoder_finishes_only_wanted_mask_tokens(model):
+    pe = model.prompt_encoder
+    fast = FastDecoder(model)
+    fast.set_image(torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(6)))
+    coords, labels, _ = _prompts(model, 3)
+    sparse, _ = pe(points=(coords, labels), boxes=None, masks=None)
+    full = fast.tokens(sparse)
+    part = fast.tokens(sparse, mask_index=[1, 3])
+    assert part.mask_index == (1, 3) and part.mask_tokens.shape[1] == 2
+    torch.testing.assert_close(part.iou_pred, full.iou_pred)  # every IoU score, whatever is finished
+    torch.testing.assert_close(fast.masks(part), fast.masks(full, [1, 3]))
+    with pytest.raises(ValueError, match=r"mask tokens \[0\] were not finished.*mask_index"):
+        fast.masks(part, [0, 1])
+    with pytest.raises(ValueError, match="mask_index must name mask tokens in 0..3"):
+        fast.tokens(sparse, mask_index=[4])
+    # masks written into a caller's tensor; a wrong one is refused
+    out = torch.full((3, 2, 64, 64), float("nan"))
+    assert fast.masks(part, out=out) is out
+    torch.testing.assert_close(out, fast.masks(full, [1, 3]))
+    with pytest.raises(ValueError, match=r"out must be a contiguous float32 tensor of shape \(3, 2, 64, 64\)"):
+        fast.masks(part, out=torch.empty(3, 2, 64, 64, dtype=torch.float64))
+
+
+def test_fast_decoder_reuses_its_workspace_and_is_thread_safe(model):
+    import threading
+
+    pe = model.prompt_encoder
+    fast = FastDecoder(model)
+    fast.set_image(torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(7)))
+    coords, labels, _ = _prompts(model, 9)
+    sparse, _ = pe(points=(coords, labels), boxes=None, masks=None)
+    expected = fast(sparse)
+    buffers = {name: t.data_ptr() for name, t in fast._ws._flat.items()}
+    assert {"keys0", "keys1", "kpe", "z", "u", "y"} <= set(buffers)
+    fast(sparse)  # the same sizes again: no buffer is replaced
+    assert {name: t.data_ptr() for name, t in fast._ws._flat.items()} == buffers
+    # threads sharing one decoder: one holds the workspace, the others allocate their own
+    results, errors = [None] * 4, []
+
+    def work(k):
+        try:
+            for _ in range(3):
+                results[k] = fast(sparse)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for logits, iou in results:
+        torch.testing.assert_close(logits, expected[0])
+        torch.testing.assert_close(iou, expected[1])
+
+
 # --------------------------------------------------------------------------- same decoder behind both paths
 RADII = (2.0, 5.0, 9.0)  # in low-res (256-frame) pixels x 4 = input pixels
 
@@ -145,13 +220,15 @@ def _install_disc_decoder(gen: SamAutomaticMaskGenerator) -> None:
         c = sparse_prompt_embeddings[:, 0, :2]
         return _disc_lowres(c, low, scale), _disc_scores(c, size)
 
-    def fake_tokens(sparse, dense=None):
+    def fake_tokens(sparse, dense=None, mask_index=None):
         c = sparse[:, 0, :2]
         iou = torch.cat([torch.zeros(len(c), 1), _disc_scores(c, size)], dim=1)
-        return TokenState(keys=c.clone(), mask_tokens=torch.zeros(len(c), 4, 1), iou_pred=iou)
+        n = len(c)  # the point rides in ``factors``; the other fields only need a batch dimension
+        return TokenState(factors=c.clone(), right=torch.zeros(n), scale=torch.zeros(n), base=torch.zeros(1),
+                          mask_tokens=torch.zeros(n, 4, 1), iou_pred=iou, mask_index=(0, 1, 2, 3))
 
-    def fake_masks(state, token_index=None):
-        discs = torch.cat([torch.zeros(len(state), 1, low, low), _disc_lowres(state.keys, low, scale)], dim=1)
+    def fake_masks(state, token_index=None, out=None):
+        discs = torch.cat([torch.zeros(len(state), 1, low, low), _disc_lowres(state.factors, low, scale)], dim=1)
         return discs if token_index is None else discs[:, torch.as_tensor(token_index)]
 
     pe.forward = fake_prompt_encoder
@@ -222,7 +299,7 @@ def test_coarse_to_fine_skips_covered_points(disc_model):
     _install_disc_decoder(c2f)
     decoded = []
     tokens = c2f._fast.tokens
-    c2f._fast.tokens = lambda sparse, dense=None: decoded.append(sparse[:, 0, :2].clone()) or tokens(sparse, dense)
+    c2f._fast.tokens = lambda sparse, dense=None, mask_index=None: decoded.append(sparse[:, 0, :2].clone()) or tokens(sparse, dense, mask_index)
     ref, recs = full.generate(img), c2f.generate(img)
     pts = torch.cat(decoded)
     assert 9 < len(pts) < 9 + 64  # the coarse grid, then only the uncovered fine points

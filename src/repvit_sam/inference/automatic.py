@@ -618,7 +618,7 @@ class SamAutomaticMaskGenerator:
         token_chunk, mask_chunk = (min(n, self.points_per_batch) for n in dec.pass_sizes)
         for i in range(0, len(points), token_chunk):
             with self.decode_lock:
-                state = dec.tokens(sparse[i : i + token_chunk])
+                state = dec.tokens(sparse[i : i + token_chunk], mask_index=multi.tolist())
             iou = state.iou_pred[:, multi].cpu()  # (b, 3)
             cand = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
             rows = cand.any(dim=1).nonzero().flatten()
@@ -627,8 +627,8 @@ class SamAutomaticMaskGenerator:
                 r = rows[j : j + mask_chunk]
                 pick = cand[r]  # (k, 3)
                 with self.decode_lock:
-                    low = dec.masks(state.select(r.to(state.keys.device)), multi)
-                low_parts.append(low[pick.to(state.keys.device)])
+                    low = dec.masks(state.select(r.to(state.device)), multi)
+                low_parts.append(low[pick.to(state.device)])
                 iou_parts.append(iou[r][pick])
                 pt_parts.append((i + r)[:, None].expand(-1, n_multi)[pick])
             if low_parts:

@@ -1,7 +1,8 @@
 """SAM's mask decoder, rearranged for many prompts on one image.
 
 ``FastDecoder`` computes the same function as ``model.mask_decoder`` (given the prompt
-encoder's outputs) with about half the arithmetic per prompt and a cache-friendly layout:
+encoder's outputs) with about a third of the arithmetic per prompt, and without allocating
+fresh memory for its large intermediates:
 
 * **Work that does not depend on the prompt is done once per image.** Without a mask prompt
   the dense embedding is the constant ``no_mask_embed``, so the first layer's image keys are
@@ -13,10 +14,22 @@ encoder's outputs) with about half the arithmetic per prompt and a cache-friendl
   to 1); in image -> token attention ``(k W_q^T + b_q) . t = k . (W_q^T t) + b_q . t`` and the
   output projection folds into the 7 token values (``A V W_o^T = A (V W_o^T)``). Each of these
   replaces a 4096 x 256 x 128 product by one of 4096 x 256 x (heads x tokens).
+* **The first transposed convolution is a low-rank update of a per-image product.** Each
+  two-way layer updates the image keys by ``x_l = keys_{l-1} + A_l^T V_l`` (attention weights
+  ``A_l``: heads x tokens rows, values ``V_l``) and normalises them,
+  ``keys_l = r_l * (x_l C) diag(g_l) + b_l`` (``C`` removes the channel mean, ``r_l`` is the
+  per-pixel reciprocal standard deviation). Any linear map of the final keys therefore
+  unrolls into the same map of the first layer's keys (shared by all prompts, computed once
+  per image) scaled per pixel, plus products of the narrow ``A_l`` (112 rows) with small
+  matrices. The 4096 x 256 x 256 convolution product per prompt becomes one of
+  4096 x 114 x 256, and the final keys need not be kept (``TokenState`` holds the factors).
 * **The upscaling runs as two matrix products in pixel-major layout** (a 2x2, stride-2
   transposed convolution is a per-pixel linear map followed by a pixel shuffle), and the
   hypernetwork product is taken before the shuffle, on 32 channels, so only the requested
   masks are rearranged.
+* **Large intermediates live in reused buffers** (a workspace per decoder, used by one thread
+  at a time; a concurrent call allocates its own). Freshly allocated blocks of many MiB are
+  page-faulted in on every use, which cost more than the arithmetic of some steps here.
 * Work is split into the two stages ``tokens`` (transformer, IoU scores: cheap) and
   ``masks`` (upscaling: the larger half), so a caller can skip the masks of prompts it is going
   to discard anyway (the automatic mask generator drops masks whose predicted IoU is too low).
@@ -29,10 +42,12 @@ CPUs with AVX512-BF16 / AMX and halves the memory traffic; logits differ by ~1e-
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import threading
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,29 +56,69 @@ from torch.nn import functional as F
 from ..modeling.sam import Sam
 
 
-# Prompts per transformer pass and per upscaling pass. The large per-pass tensors are about
-# 4 MiB per prompt in the transformer and 8 MiB per prompt in the upscaling (fp32); these sizes
-# keep them under glibc's 32 MiB mmap threshold, below which freed blocks are reused, while
-# larger ones are mapped, and page-faulted, afresh on every allocation (measured: 10-11 vs
-# 17-19 ms per prompt for 4 vs 8 prompts per transformer pass).
+# Prompts per transformer pass and per upscaling pass (twice as many in bfloat16, whose tensors
+# are half the size). The large per-pass buffers are about 4 MiB per prompt in the transformer
+# and 12 MiB per prompt in the upscaling (fp32): these sizes keep the working set near the
+# last-level cache while passes stay large enough for efficient matrix products.
 TOKENS_PER_PASS = 4
 MASKS_PER_PASS = 2
+
+Buffers = Callable[[str, Sequence[int], torch.dtype], torch.Tensor]
 
 
 @dataclass
 class TokenState:
-    """The transformer's outputs for a batch of B prompts (``FastDecoder.tokens``)."""
+    """The transformer's outputs for a batch of B prompts (``FastDecoder.tokens``).
 
-    keys: torch.Tensor  # (B, HW, C) image keys after the transformer
-    mask_tokens: torch.Tensor  # (B, num_mask_tokens, C)
+    The final image keys are kept as what the first transposed convolution makes of them:
+    ``scale * base + factors^T @ right`` (see the module docstring)."""
+
+    factors: torch.Tensor  # (B, R, HW): per-pixel weights of the low-rank terms
+    right: torch.Tensor  # (B, R, 4 * C1): their rows in the convolution's output space
+    scale: torch.Tensor  # (B, HW, 1): per-pixel scale of ``base``
+    base: torch.Tensor  # (1 or B, HW, 4 * C1): first-layer keys through the convolution
+    mask_tokens: torch.Tensor  # (B, len(mask_index), C): the finished mask tokens
     iou_pred: torch.Tensor  # (B, num_mask_tokens) predicted IoU of every mask token
+    mask_index: Tuple[int, ...]  # which mask tokens ``mask_tokens`` holds
 
     def select(self, idx: "torch.Tensor | slice") -> "TokenState":
         """The prompts ``idx`` (an index tensor, or a slice: then views, no copy)."""
-        return TokenState(self.keys[idx], self.mask_tokens[idx], self.iou_pred[idx])
+        base = self.base if self.base.shape[0] == 1 else self.base[idx]
+        return TokenState(self.factors[idx], self.right[idx], self.scale[idx], base, self.mask_tokens[idx],
+                          self.iou_pred[idx], self.mask_index)
 
     def __len__(self) -> int:
-        return int(self.keys.shape[0])
+        return int(self.iou_pred.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.iou_pred.device
+
+
+class _Workspace:
+    """Named buffers reused from call to call, for one thread at a time: ``claim()`` yields a
+    buffer getter; while another thread holds the workspace it yields one that allocates."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flat: Dict[str, torch.Tensor] = {}
+
+    def _get(self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._flat.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = self._flat[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+    @contextlib.contextmanager
+    def claim(self, device: torch.device) -> Iterator[Buffers]:
+        if self._lock.acquire(blocking=False):
+            try:
+                yield lambda name, shape, dtype: self._get(name, shape, dtype, device)
+            finally:
+                self._lock.release()
+        else:
+            yield lambda name, shape, dtype: torch.empty(tuple(shape), dtype=dtype, device=device)
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -74,6 +129,10 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
 def _split(weight: torch.Tensor, h: int) -> torch.Tensor:
     """A projection weight (h*d, C) -> (h, d, C)."""
     return weight.view(h, weight.shape[0] // h, weight.shape[1])
+
+
+def _softmax(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._softmax.out(x, dim, False, out=out)
 
 
 class FastDecoder:
@@ -87,7 +146,7 @@ class FastDecoder:
     ``dense`` is only needed for mask prompts (pass ``dense`` from the prompt encoder); without
     it the shared first-layer work is used. The model's weights are read (at each ``set_image``),
     never modified; with ``dtype=torch.bfloat16`` the decoder runs on a bfloat16 copy of them
-    taken at construction.
+    taken at construction. Safe to call from several threads.
     """
 
     def __init__(self, model: Sam, dtype: torch.dtype = torch.float32) -> None:
@@ -106,21 +165,46 @@ class FastDecoder:
             if tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2):
                 raise ValueError("FastDecoder expects SAM's 2x2 stride-2 transposed convolutions")
         self._ln, self._gelu, self._gelu2 = up[1], up[2], up[4]
+        for g in (self._gelu, self._gelu2):
+            if not isinstance(g, nn.GELU) or g.approximate != "none":
+                raise ValueError("FastDecoder expects SAM's exact GELU activations in the upscaling")
+        self._ws = _Workspace()
 
+    # ------------------------------------------------------------------ per image
     def _upscaling_matrices(self) -> None:
-        """The transposed convolutions as matrices (read from the current weights):
-        convT1 (C, Co, 2, 2) -> (C, 2*2*Co) ordered (a, b, o); convT2 (Co, C2, 2, 2) ->
-        (Co, 2*2*C2) ordered (c, d, o2)."""
+        """The transposed convolutions as matrices, and the first one unrolled through the
+        transformer's key normalisations (see the module docstring), from the current weights.
+
+        convT1 (C, C1, 2, 2) -> W1 (C, 2*2*C1) ordered (a, b, o); convT2 (C1, C2, 2, 2) ->
+        (C1, 2*2*C2) ordered (c, d, o2). With N_L = W1 and, layer by layer from the last,
+        M_l = C diag(g_l) N_l and N_{l-1} = M_l: the map of the first keys is M_1, the rows of
+        the layers' values are V_l M_l, and the norm biases add b_l N_l (b_L W1 + conv bias)."""
         up = self.decoder.output_upscaling
         ct1, ct2 = up[0], up[3]
         c, co = ct1.weight.shape[:2]
-        self._w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * co).contiguous()
-        self._b1 = ct1.bias.repeat(4)
-        self._w2 = ct2.weight.permute(0, 2, 3, 1).reshape(co, 4 * ct2.weight.shape[1]).contiguous()
+        c2 = ct2.weight.shape[1]
+        dt = self.dtype
+        w1 = ct1.weight.float().permute(0, 2, 3, 1).reshape(c, 4 * co)
+        n = w1
+        self._m: List[torch.Tensor] = []  # M_l, first layer first
+        consts = [ct1.bias.float().repeat(4)]  # the constant rows, last layer's first
+        for layer in reversed(self.transformer.layers):
+            norm = layer.norm4
+            consts[-1] = consts[-1] + norm.bias.float() @ n
+            gn = norm.weight.float()[:, None] * n
+            m = gn - gn.mean(dim=0, keepdim=True)
+            self._m.insert(0, m)
+            consts.append(torch.zeros_like(consts[0]))
+            n = m
+        consts.pop()  # the extra row opened after the first layer
+        # rows in factor order: layer 1..L-1 norm biases (scaled by s_{l+1}), then the last (x 1)
+        self._consts = torch.stack(consts[::-1]).to(dt)  # (L, 4*C1)
+        self._m = [m.to(dt) for m in self._m]
+        self._w1_first = self._m[0]
+        self._w2 = ct2.weight.permute(0, 2, 3, 1).reshape(co, 4 * c2).contiguous()
         self._b2 = ct2.bias.repeat(4)
-        self._co, self._c2 = int(co), int(ct2.weight.shape[1])
+        self._co, self._c2 = int(co), int(c2)
 
-    # ------------------------------------------------------------------ per image
     @torch.no_grad()
     def set_image(self, image_embedding: torch.Tensor) -> None:
         """Precompute the prompt-independent part for ``image_embedding`` (1, C, h, w)."""
@@ -129,10 +213,14 @@ class FastDecoder:
         pe_module = self.model.prompt_encoder
         dt = self.dtype
         self._upscaling_matrices()
-        self._embedding = image_embedding.flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
+        emb = image_embedding.flatten(2).transpose(1, 2).float()  # (1, HW, C)
+        self._embedding = emb.to(dt).contiguous()
         self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
         self._hw = tuple(image_embedding.shape[-2:])
         keys = self._embedding + pe_module.no_mask_embed.weight.reshape(1, 1, -1).to(dt)
+        # the first keys through the unrolled convolution, in fp32 then rounded once
+        keys32 = emb + pe_module.no_mask_embed.weight.reshape(1, 1, -1).float()
+        self._base = (keys32 @ self._m[0].float()).to(dt).contiguous()  # (1, HW, 4*C1)
         layer = self.transformer.layers[0]
         kpe = keys + self._key_pe
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
@@ -144,111 +232,212 @@ class FastDecoder:
 
     # ------------------------------------------------------------------ attention forms
     @staticmethod
-    def _t2i(a: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch.Tensor, shared: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def _t2i(
+        a: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch.Tensor,
+        shared: Optional[Tuple[torch.Tensor, torch.Tensor]], buf: Buffers,
+    ) -> torch.Tensor:
         """Token -> image attention. ``shared``: the batch-independent projected keys (h, d, HW)
         and values (h, HW, d); else the projections move to the tokens (keys (B, HW, C))."""
         h = a.num_heads
         qh = _heads(a.q_proj(q), h)  # (B, N, h, d)
         b, n, _, d = qh.shape
         qh = qh * (1.0 / math.sqrt(d))
-        if shared is not None:
+        hw, dt = kpe.shape[1], q.dtype
+        if shared is not None:  # heads first: one product per head with its shared keys
             k_t, v = shared
-            attn = torch.softmax(qh.transpose(1, 2) @ k_t, dim=-1)  # (B, h, N, HW)
-            out = (attn @ v).transpose(1, 2)  # (B, N, h, d)
+            qh = qh.permute(2, 0, 1, 3).reshape(h, b * n, d)
+            logits = torch.bmm(qh, k_t, out=buf("logits", (h, b * n, hw), dt))
+            attn = _softmax(logits, -1, buf("attn", (h, b * n, hw), dt))
+            out = torch.bmm(attn, v).view(h, b, n, d).permute(1, 2, 0, 3)  # (B, N, h, d)
         else:
             qk = torch.einsum("bnhd,hdc->bhnc", qh, _split(a.k_proj.weight, h)).reshape(b, h * n, -1)
-            attn = torch.softmax(qk @ kpe.transpose(1, 2), dim=-1)  # (B, h*N, HW); k bias cancels
-            sk = (attn @ keys).view(b, h, n, -1)  # (B, h, N, C); rows of attn sum to 1
+            logits = torch.bmm(qk, kpe.transpose(1, 2), out=buf("logits", (b, h * n, hw), dt))  # k bias cancels
+            attn = _softmax(logits, -1, buf("attn", (b, h * n, hw), dt))
+            sk = torch.bmm(attn, keys).view(b, h, n, -1)  # (B, h, N, C); rows of attn sum to 1
             out = torch.einsum("bhnc,hdc->bnhd", sk, _split(a.v_proj.weight, h)) + a.v_proj.bias.view(h, d)
         return a.out_proj(out.flatten(2))
 
     @staticmethod
-    def _i2t(a: nn.Module, kpe: torch.Tensor, keys: torch.Tensor, tk: torch.Tensor, tv: torch.Tensor, q_t: Optional[torch.Tensor]) -> torch.Tensor:
-        """``keys`` + image -> token attention (the residual is fused): pixels (B or 1, HW, C)
-        query the tokens. ``q_t``: shared projected pixel queries (h, d, HW), or None (then the
-        query projection moves to the tokens). The output projection and its bias fold into
-        the token values. Returns (B, HW, C), before norm4."""
+    def _i2t(
+        a: nn.Module, kpe: torch.Tensor, tk: torch.Tensor, tv: torch.Tensor, q_t: Optional[torch.Tensor],
+        attn_out: torch.Tensor, buf: Buffers,
+    ) -> torch.Tensor:
+        """Image -> token attention: pixels (B or 1, HW, C) query the tokens. ``q_t``: shared
+        projected pixel queries (h, d, HW), or None (then the query projection moves to the
+        tokens). Writes the attention weights (B, h*N, HW) to ``attn_out`` (softmax over each
+        head's N tokens) and returns the token values with the output projection and its bias
+        folded in (B, h*N, C): the update of the keys is ``attn_out^T @ values``."""
         h = a.num_heads
         kh = _heads(a.k_proj(tk), h)  # (B, N, h, d)
         vh = _heads(a.v_proj(tv), h)
         b, n, _, d = kh.shape
         kh = kh * (1.0 / math.sqrt(d))
-        if q_t is not None:
-            logits = kh.transpose(1, 2) @ q_t  # (B, h, N, HW)
+        hw, dt = kpe.shape[1], tk.dtype
+        if q_t is not None:  # heads first: one product per head with its shared queries
+            logits = torch.bmm(kh.permute(2, 0, 1, 3).reshape(h, b * n, d), q_t, out=buf("logits", (h, b * n, hw), dt))
+            logits = logits.view(h, b, n, hw).transpose(0, 1)  # (B, h, N, HW), a view
         else:
             m = torch.einsum("bnhd,hdc->bhnc", kh, _split(a.q_proj.weight, h)).reshape(b, h * n, -1)  # (B, h*N, C)
             c0 = torch.einsum("bnhd,hd->bhn", kh, a.q_proj.bias.view(h, d)).reshape(b, h * n, 1)
-            logits = torch.baddbmm(c0, m, kpe.transpose(1, 2)).view(b, h, n, -1)
-        attn = torch.softmax(logits, dim=2).flatten(1, 2)  # over each head's N tokens: (B, h*N, HW)
+            logits = torch.baddbmm(c0, m, kpe.transpose(1, 2), out=buf("logits", (b, h * n, hw), dt)).view(b, h, n, hw)
+        _softmax(logits, 2, attn_out.view(b, h, n, hw))  # over each head's N tokens
         vo = torch.einsum("bnhd,ohd->bhno", vh, a.out_proj.weight.view(-1, h, d)).reshape(b, h * n, -1)
-        vo = vo + a.out_proj.bias / h  # each pixel's attention weights sum to h over (head, token)
-        return torch.baddbmm(keys, attn.transpose(1, 2), vo)
+        return vo + a.out_proj.bias / h  # each pixel's attention weights sum to h over (head, token)
 
     # ------------------------------------------------------------------ stages
     @torch.no_grad()
-    def tokens(self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None) -> TokenState:
+    def tokens(
+        self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, mask_index: Optional[Sequence[int]] = None
+    ) -> TokenState:
         """Run the two-way transformer and the IoU head for B prompts: sparse (B, N, C) prompt
-        embeddings; dense (B, C, h, w) only for mask prompts (else the no-mask embedding)."""
+        embeddings; dense (B, C, h, w) only for mask prompts (else the no-mask embedding).
+        ``mask_index``: the mask tokens ``masks`` will be asked for (default: all); the final
+        attention, whose queries do not interact, runs only for them and the IoU token."""
         if self._shared is None:
             raise RuntimeError("FastDecoder.set_image(embedding) must be called before decoding")
-        dec, tr = self.decoder, self.transformer
+        n_masks = self.decoder.num_mask_tokens
+        index = tuple(range(n_masks)) if mask_index is None else tuple(int(i) for i in mask_index)
+        if not index or any(not 0 <= i < n_masks for i in index):
+            raise ValueError(f"mask_index must name mask tokens in 0..{n_masks - 1}, got {list(index)}")
+        with self._ws.claim(sparse.device) as buf:
+            return self._tokens(sparse, dense, index, buf)
+
+    def _tokens(self, sparse: torch.Tensor, dense: Optional[torch.Tensor], index: Tuple[int, ...], buf: Buffers) -> TokenState:
+        dec, tr, dt = self.decoder, self.transformer, self.dtype
         b = sparse.shape[0]
+        _, hw, c = self._embedding.shape
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse.to(self.dtype)], dim=1)  # (B, T, C)
+        tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse.to(dt)], dim=1)  # (B, T, C)
         key_pe = self._key_pe
         queries, query_pe = tokens, tokens
         shared = dense is None
         if shared:
             keys, kpe, k_t, v, q_t = self._shared
+            base = self._base
         else:
-            keys = self._embedding + dense.flatten(2).transpose(1, 2).to(self.dtype)
+            keys = self._embedding + dense.flatten(2).transpose(1, 2).to(dt)
             kpe = keys + key_pe
+            base = keys @ self._m[0]  # (B, HW, 4*C1)
+        n_layers = len(tr.layers)
+        # two buffers for the keys before / after each norm (in turns), one for keys + pe
+        k_bufs = [buf(name, (b, hw, c), dt) for name in ("keys0", "keys1")]
+        kpe_buf = buf("kpe", (b, hw, c), dt)
+        attns, values, rstds = [], [], []
         for i, layer in enumerate(tr.layers):
             first = shared and i == 0
             queries = layer.token_self_attention(queries, query_pe)
-            attn = self._t2i(layer.cross_attn_token_to_image, queries + query_pe, kpe, keys, (k_t, v) if first else None)
+            attn = self._t2i(layer.cross_attn_token_to_image, queries + query_pe, kpe, keys, (k_t, v) if first else None, buf)
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(self._i2t(layer.cross_attn_image_to_token, kpe, keys, queries + query_pe, queries, q_t if first else None))
-            kpe = keys + key_pe
-        attn = self._t2i(tr.final_attn_token_to_image, queries + query_pe, kpe, keys, None)
+            i2t = layer.cross_attn_image_to_token
+            a = buf(f"a{i}", (b, i2t.num_heads * tokens.shape[1], hw), dt)
+            vo = self._i2t(i2t, kpe, queries + query_pe, queries, q_t if first else None, a, buf)
+            if any(keys is k for k in k_bufs):  # the keys' update, in place
+                x = keys.baddbmm_(a.transpose(1, 2), vo)
+            else:  # the first keys: shared, or the caller's
+                x = torch.baddbmm(keys, a.transpose(1, 2), vo, out=k_bufs[0])
+            norm = layer.norm4
+            keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
+            rstd = buf(f"rstd{i}", (b, hw, 1), dt)
+            torch.ops.aten.native_layer_norm.out(
+                x, (c,), norm.weight, norm.bias, norm.eps, out0=keys, out1=buf("mean", (b, hw, 1), dt), out2=rstd
+            )
+            kpe = torch.add(keys, key_pe, out=kpe_buf)
+            attns.append(a)
+            values.append(vo)
+            rstds.append(rstd)
+        finish = [0] + [1 + i for i in index]  # the IoU token and the wanted mask tokens
+        queries, query_pe = queries[:, finish], query_pe[:, finish]
+        attn = self._t2i(tr.final_attn_token_to_image, queries + query_pe, kpe, keys, None, buf)
         queries = tr.norm_final_attn(queries + attn)
         iou = dec.iou_prediction_head(queries[:, 0, :])
-        return TokenState(keys, queries[:, 1 : 1 + dec.num_mask_tokens, :], iou.float())
+
+        # The first convolution of the final keys (module docstring): with s_l the product of
+        # r_l .. r_L, it is s_1 * base + sum_l s_l A_l^T (V_l M_l) + sum_{l<L} s_{l+1} b_l M_{l+1}
+        # + (b_L W1 + bias).
+        rows = [a.shape[1] for a in attns]
+        n_rows = sum(rows) + n_layers
+        factors = torch.empty(b, n_rows, hw, dtype=dt, device=sparse.device)
+        right = torch.empty(b, n_rows, self._m[0].shape[1], dtype=dt, device=sparse.device)
+        s = None
+        start = sum(rows)
+        for i in reversed(range(n_layers)):
+            if s is not None:  # row of layer i's norm bias, scaled by s_{i+1}
+                factors[:, start + i, :] = s[:, :, 0]
+            s = rstds[i] if s is None else s * rstds[i]
+            r0 = sum(rows[:i])
+            torch.mul(attns[i], s.transpose(1, 2), out=factors[:, r0 : r0 + rows[i]])
+            right[:, r0 : r0 + rows[i]] = values[i] @ self._m[i]
+        factors[:, start + n_layers - 1, :] = 1.0
+        right[:, start:] = self._consts
+        return TokenState(factors, right, s.clone(), base, queries[:, 1:, :], iou.float(), index)
 
     @torch.no_grad()
-    def masks(self, state: TokenState, token_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Low-res mask logits (B, K, 4h, 4w) of mask tokens ``token_index`` (default: all)."""
-        dec = self.decoder
-        idx = list(range(dec.num_mask_tokens)) if token_index is None else [int(i) for i in token_index]
-        b, hw, c = state.keys.shape
+    def masks(
+        self, state: TokenState, token_index: Optional[Sequence[int]] = None, out: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Low-res mask logits (B, K, 4h, 4w) of mask tokens ``token_index`` (default: those
+        ``tokens`` finished), written to ``out`` (float32, contiguous) if given."""
+        with self._ws.claim(state.device) as buf:
+            return self._masks(state, token_index, out, buf)
+
+    def _masks(self, state: TokenState, token_index: Optional[Sequence[int]], out: Optional[torch.Tensor], buf: Buffers) -> torch.Tensor:
+        dec, dt = self.decoder, self.dtype
+        idx = list(state.mask_index) if token_index is None else [int(i) for i in token_index]
+        missing = [i for i in idx if i not in state.mask_index]
+        if missing:
+            raise ValueError(f"mask tokens {missing} were not finished by tokens(): pass them in its mask_index "
+                             f"(this state has {list(state.mask_index)})")
+        b, _, hw = state.factors.shape
         h, w = self._hw
         co, c2 = self._co, self._c2
-        hyper = torch.stack([dec.output_hypernetworks_mlps[i](state.mask_tokens[:, i, :]) for i in idx], dim=2)  # (B, C2, K)
-        x = torch.addmm(self._b1, state.keys.reshape(b * hw, c), self._w1).view(b * hw * 4, co)
+        hyper = torch.stack([dec.output_hypernetworks_mlps[i](state.mask_tokens[:, state.mask_index.index(i), :]) for i in idx], dim=2)  # (B, C2, K)
+        z = torch.bmm(state.factors.transpose(1, 2), state.right, out=buf("z", (b, hw, 4 * co), dt))
+        z.addcmul_(state.scale, state.base)  # convT1 of the final keys, (B, HW, 4*C1)
+        # LayerNorm + GELU per (pixel, convT1 offset), written with rows reordered from
+        # (i, j, a, b) to (i, a, j, b): then each output row 4i+2a+c is a run of rows here
         ln = self._ln
-        x = self._gelu(F.layer_norm(x, (co,), ln.weight, ln.bias, ln.eps))
-        x = self._gelu2(torch.addmm(self._b2, x, self._w2)).view(b, hw * 16, c2)  # (B, HW*16, C2)
-        m = (x @ hyper).float()  # (B, HW*16, K)
+        x = buf("u", (b, h, 2, w, 2, co), dt)
+        torch.ops.aten.native_layer_norm.out(
+            z.view(b, h, w, 2, 2, co), (co,), ln.weight, ln.bias, ln.eps, out0=x.permute(0, 1, 3, 2, 4, 5),
+            out1=buf("umean", (b, h, w, 2, 2, 1), dt), out2=buf("urstd", (b, h, w, 2, 2, 1), dt),
+        )
+        x = torch.ops.aten.gelu_(x.view(b * hw * 4, co))
         k = len(idx)
-        # rows: pixel (i, j), convT1 offset (a, b), convT2 offset (c, d) -> output (4i+2a+c, 4j+2b+d)
-        m = m.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return m.reshape(b, k, 4 * h, 4 * w)
+        hyper_t = hyper.transpose(1, 2)  # (B, K, C2)
+        shape = (b, k, 4 * h, 4 * w)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.float32, device=z.device)
+        elif tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+        rows = out.view(b, k, h, 2, 2, 4 * w)  # (i, a, c, (j, b, d))
+        half = 2 * c2
+        for c in range(2):  # convT2 offset c: columns (d, o2); the rows (i, a, j, b, d) are output row 4i+2a+c
+            y = torch.addmm(self._b2[c * half : (c + 1) * half], x, self._w2[:, c * half : (c + 1) * half],
+                            out=buf("y", (b * hw * 4, half), dt))
+            torch.ops.aten.gelu_(y)
+            m = torch.bmm(hyper_t, y.view(b, hw * 8, c2).transpose(1, 2), out=buf("m", (b, k, hw * 8), dt))
+            rows[:, :, :, :, c].copy_(m.view(b, k, h, 2, 4 * w))
+        return out
 
     def __call__(
         self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, multimask_output: bool = True
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(low-res logits (B, M, 4h, 4w), IoU predictions (B, M)); M = 3 if multimask else 1,
         as ``MaskDecoder.forward``. Large batches run ``pass_sizes`` prompts at a time."""
-        sel = torch.arange(1, self.decoder.num_mask_tokens) if multimask_output else torch.tensor([0])
-        logits, ious = [], []
+        sel = list(range(1, self.decoder.num_mask_tokens)) if multimask_output else [0]
+        n = sparse.shape[0]
+        h, w = self._hw
+        logits = torch.empty(n, len(sel), 4 * h, 4 * w, dtype=torch.float32, device=sparse.device)
+        ious = torch.empty(n, len(sel), dtype=torch.float32, device=sparse.device)
         per_tokens, per_masks = self.pass_sizes
-        for i in range(0, sparse.shape[0], per_tokens):
-            state = self.tokens(sparse[i : i + per_tokens], None if dense is None else dense[i : i + per_tokens])
+        for i in range(0, n, per_tokens):
+            state = self.tokens(sparse[i : i + per_tokens], None if dense is None else dense[i : i + per_tokens], sel)
             for j in range(0, len(state), per_masks):
-                logits.append(self.masks(state.select(slice(j, j + per_masks)), sel))
-            ious.append(state.iou_pred[:, sel])
-        return torch.cat(logits), torch.cat(ious)
+                part = state.select(slice(j, j + per_masks))
+                self.masks(part, sel, out=logits[i + j : i + j + len(part)])
+            ious[i : i + len(state)] = state.iou_pred[:, sel]
+        return logits, ious
 
     @property
     def pass_sizes(self) -> Tuple[int, int]:
