@@ -123,12 +123,18 @@ def test_fast_decoder_exact_for_large_and_offset_keys(full_decoder_model):
     torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
 
 
-def test_fast_decoder_finishes_only_wanted_mask_tokens(model):
-    pe = model.prompt_encoder
+def _decoder_and_points(model, n, seed):
+    """A FastDecoder set on a random tiny embedding, and ``n`` point prompts' sparse embeddings."""
     fast = FastDecoder(model)
-    fast.set_image(torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(6)))
-    coords, labels, _ = _prompts(model, 3)
-    sparse, _ = pe(points=(coords, labels), boxes=None, masks=None)
+    fast.set_image(torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(seed)))
+    coords, labels, _ = _prompts(model, n)
+    with torch.no_grad():
+        sparse, _ = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    return fast, sparse
+
+
+def test_fast_decoder_finishes_only_wanted_mask_tokens(model):
+    fast, sparse = _decoder_and_points(model, 3, seed=6)
     full = fast.tokens(sparse)
     part = fast.tokens(sparse, mask_index=[1, 3])
     assert part.mask_index == (1, 3) and part.mask_tokens.shape[1] == 2
@@ -149,11 +155,7 @@ def test_fast_decoder_finishes_only_wanted_mask_tokens(model):
 def test_fast_decoder_reuses_its_workspace_and_is_thread_safe(model):
     import threading
 
-    pe = model.prompt_encoder
-    fast = FastDecoder(model)
-    fast.set_image(torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(7)))
-    coords, labels, _ = _prompts(model, 9)
-    sparse, _ = pe(points=(coords, labels), boxes=None, masks=None)
+    fast, sparse = _decoder_and_points(model, 9, seed=7)
     expected = fast(sparse)
     buffers = {name: t.data_ptr() for name, t in fast._ws._flat.items()}
     assert {"keys0", "keys1", "kpe", "z", "u", "y"} <= set(buffers)
