@@ -26,7 +26,10 @@ fresh memory for its large intermediates:
 * **The upscaling runs as two matrix products in pixel-major layout** (a 2x2, stride-2
   transposed convolution is a per-pixel linear map followed by a pixel shuffle), and the
   hypernetwork product is taken before the shuffle, on 32 channels, so only the requested
-  masks are rearranged.
+  masks are rearranged. The upscaling's LayerNorm writes its rows in output-row order, so the
+  shuffle is a copy of contiguous runs.
+* **The final attention runs only for the tokens that are read**: the IoU token and the
+  requested mask tokens (its queries do not interact; the prompt tokens' outputs are unused).
 * **Large intermediates live in reused buffers** (a workspace per decoder, used by one thread
   at a time; a concurrent call allocates its own). Freshly allocated blocks of many MiB are
   page-faulted in on every use, which cost more than the arithmetic of some steps here.
@@ -51,7 +54,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..modeling.sam import Sam
 
@@ -201,7 +203,6 @@ class FastDecoder:
         # rows in factor order: layer 1..L-1 norm biases (scaled by s_{l+1}), then the last (x 1)
         self._consts = torch.stack(consts[::-1]).to(dt)  # (L, 4*C1)
         self._m = [m.to(dt) for m in self._m]
-        self._w1_first = self._m[0]
         w2 = ct2.weight.permute(0, 2, 3, 1).reshape(co, 2, 2 * c2)  # columns (c, (d, o2))
         self._w2s = [w2[:, c].contiguous() for c in range(2)]  # per convT2 row offset c
         self._b2s = [ct2.bias.repeat(2)] * 2
