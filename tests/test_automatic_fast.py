@@ -91,6 +91,8 @@ def test_fast_decoder_stages_and_errors(model):
     sparse = torch.zeros(2, 2, model.mask_decoder.transformer_dim)
     with pytest.raises(RuntimeError, match="set_image"):
         fast.tokens(sparse)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fast(sparse)
     with pytest.raises(ValueError, match="one embedding"):
         fast.set_image(torch.zeros(2, 32, 16, 16))
     with pytest.raises(ValueError, match="dtype"):

@@ -612,13 +612,14 @@ class SamAutomaticMaskGenerator:
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=pred.device)
         sparse, _ = pred.model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
         multi = torch.arange(1, dec.decoder.num_mask_tokens)
+        multi_index = multi.tolist()
         n_multi = len(multi)
         h, w = crop_size
         full_chunk = max(1, min(FULLRES_CHUNK, FULLRES_PIXELS // max(1, h * w)))
         token_chunk, mask_chunk = (min(n, self.points_per_batch) for n in dec.pass_sizes)
         for i in range(0, len(points), token_chunk):
             with self.decode_lock:
-                state = dec.tokens(sparse[i : i + token_chunk], mask_index=multi.tolist())
+                state = dec.tokens(sparse[i : i + token_chunk], mask_index=multi_index)
             iou = state.iou_pred[:, multi].cpu()  # (b, 3)
             cand = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
             rows = cand.any(dim=1).nonzero().flatten()

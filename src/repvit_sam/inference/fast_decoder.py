@@ -167,8 +167,8 @@ class FastDecoder:
         for m in (up[0], up[3]):
             if tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2):
                 raise ValueError("FastDecoder expects SAM's 2x2 stride-2 transposed convolutions")
-        self._ln, self._gelu, self._gelu2 = up[1], up[2], up[4]
-        for g in (self._gelu, self._gelu2):
+        self._ln = up[1]
+        for g in (up[2], up[4]):  # applied in place as aten.gelu_ in ``masks``
             if not isinstance(g, nn.GELU) or g.approximate != "none":
                 raise ValueError("FastDecoder expects SAM's exact GELU activations in the upscaling")
         self._ws = _Workspace()
@@ -190,18 +190,17 @@ class FastDecoder:
         w1 = ct1.weight.float().permute(0, 2, 3, 1).reshape(c, 4 * co)
         n = w1
         self._m: List[torch.Tensor] = []  # M_l, first layer first
-        consts = [ct1.bias.float().repeat(4)]  # the constant rows, last layer's first
+        consts: List[torch.Tensor] = []  # b_l N_l, first layer first; the last one adds the conv bias
+        conv_bias = ct1.bias.float().repeat(4)
         for layer in reversed(self.transformer.layers):
             norm = layer.norm4
-            consts[-1] = consts[-1] + norm.bias.float() @ n
+            consts.insert(0, norm.bias.float() @ n + (conv_bias if not consts else 0.0))
             gn = norm.weight.float()[:, None] * n
             m = gn - gn.mean(dim=0, keepdim=True)
             self._m.insert(0, m)
-            consts.append(torch.zeros_like(consts[0]))
             n = m
-        consts.pop()  # the extra row opened after the first layer
         # rows in factor order: layer 1..L-1 norm biases (scaled by s_{l+1}), then the last (x 1)
-        self._consts = torch.stack(consts[::-1]).to(dt)  # (L, 4*C1)
+        self._consts = torch.stack(consts).to(dt)  # (L, 4*C1)
         self._m = [m.to(dt) for m in self._m]
         w2 = ct2.weight.permute(0, 2, 3, 1).reshape(co, 2, 2 * c2)  # columns (c, (d, o2))
         self._w2s = [w2[:, c].contiguous() for c in range(2)]  # per convT2 row offset c
@@ -288,6 +287,10 @@ class FastDecoder:
         return vo + a.out_proj.bias / h  # each pixel's attention weights sum to h over (head, token)
 
     # ------------------------------------------------------------------ stages
+    def _require_image(self) -> None:
+        if self._shared is None:
+            raise RuntimeError("FastDecoder.set_image(embedding) must be called before decoding")
+
     @torch.no_grad()
     def tokens(
         self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, mask_index: Optional[Sequence[int]] = None
@@ -296,8 +299,7 @@ class FastDecoder:
         embeddings; dense (B, C, h, w) only for mask prompts (else the no-mask embedding).
         ``mask_index``: the mask tokens ``masks`` will be asked for (default: all); the final
         attention, whose queries do not interact, runs only for them and the IoU token."""
-        if self._shared is None:
-            raise RuntimeError("FastDecoder.set_image(embedding) must be called before decoding")
+        self._require_image()
         n_masks = self.decoder.num_mask_tokens
         index = tuple(range(n_masks)) if mask_index is None else tuple(int(i) for i in mask_index)
         if not index or any(not 0 <= i < n_masks for i in index):
@@ -430,14 +432,13 @@ class FastDecoder:
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(low-res logits (B, M, 4h, 4w), IoU predictions (B, M)); M = 3 if multimask else 1,
         as ``MaskDecoder.forward``. Large batches run ``pass_sizes`` prompts at a time."""
+        self._require_image()
         sel = list(range(1, self.decoder.num_mask_tokens)) if multimask_output else [0]
         n = sparse.shape[0]
         h, w = self._hw
         logits = torch.empty(n, len(sel), 4 * h, 4 * w, dtype=torch.float32, device=sparse.device)
         ious = torch.empty(n, len(sel), dtype=torch.float32, device=sparse.device)
         per_tokens, per_masks = self.pass_sizes
-        if self._shared is None:
-            raise RuntimeError("FastDecoder.set_image(embedding) must be called before decoding")
         with torch.no_grad(), self._ws.claim(sparse.device) as buf:
             for i in range(0, n, per_tokens):
                 part_dense = None if dense is None else dense[i : i + per_tokens]
