@@ -7,41 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from repvit_sam.config import PromptDecoderConfig, RepViTBlockCfg, RepViTConfig, SamConfig, TinyViTConfig, ViTConfig
+from repvit_sam.config import VARIANTS
 
-# 256-pixel inputs, 16x16 embeddings: the same code paths as the real models, ~100x cheaper.
-TINY_DECODER = PromptDecoderConfig(embed_dim=32, image_embedding_size=16, mask_in_chans=8, transformer_heads=2, transformer_mlp_dim=64, iou_head_hidden_dim=32)
-
-TINY = {
-    "repvit": SamConfig(
-        "tiny_repvit",
-        RepViTConfig(
-            blocks=(
-                RepViTBlockCfg(16, True, 1),
-                RepViTBlockCfg(16, False, 1),
-                RepViTBlockCfg(32, False, 2),
-                RepViTBlockCfg(32, True, 1),
-                RepViTBlockCfg(48, False, 2),
-                RepViTBlockCfg(64, False, 1),
-                RepViTBlockCfg(64, True, 1),
-            ),
-            stem_channels=16,
-            out_chans=32,
-            img_size=256,
-        ),
-        TINY_DECODER,
-    ),
-    "vit_t": SamConfig(
-        "tiny_vit_t",
-        TinyViTConfig(embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2), window_sizes=(7, 7, 14, 7), num_classes=10, out_chans=32, img_size=256),
-        TINY_DECODER,
-    ),
-    "vit_b": SamConfig(
-        "tiny_vit_b",
-        ViTConfig(embed_dim=32, depth=3, num_heads=2, global_attn_indexes=(1,), window_size=6, out_chans=32, img_size=256),
-        TINY_DECODER,
-    ),
-}
+# The test-size variants of the variant table (256-pixel inputs, 16x16 embeddings): the same code
+# paths as the real models, ~100x cheaper. Keyed by the official variant each one mirrors.
+TINY = {name: VARIANTS[f"tiny_{name}"] for name in ("repvit", "vit_t", "vit_b")}
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -16,6 +16,15 @@ def test_aliases(alias, name):
     assert resolve_name(alias) == name
 
 
+def test_tiny_variants_are_in_the_table_and_build_by_name(tmp_path):
+    assert repvit_sam.list_models(include_tiny=True) == ["repvit", "vit_t", "vit_b", "vit_l", "vit_h", "tiny_repvit", "tiny_vit_t", "tiny_vit_b"]
+    m = repvit_sam.build_sam("tiny_repvit")
+    assert m.image_encoder.img_size == 256
+    assert m.image_encoder(torch.zeros(1, 3, 256, 256)).shape == (1, 32, 16, 16)
+    torch.save(m.state_dict(), tmp_path / "t.pt")
+    assert repvit_sam.registry.detect_variant(tmp_path / "t.pt") == "tiny_repvit"
+
+
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="unknown model 'vit_x'.*repvit, vit_b"):
         repvit_sam.build_sam("vit_x")

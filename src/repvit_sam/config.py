@@ -86,6 +86,7 @@ class SamConfig:
     pixel_mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
     description: str = ""
+    tiny: bool = False  # a test-size variant (256-px input): no official checkpoint exists
 
     @property
     def img_size(self) -> int:
@@ -138,6 +139,54 @@ VARIANTS: dict[str, SamConfig] = {
     ),
 }
 
+# Test-size variants: the module types of the official ones, 256-pixel inputs, 16x16x32
+# embeddings, about 100x cheaper. Tests, smoke runs and the models trained on synthetic data
+# (tests/data) use them; every command accepts them by name.
+TINY_DECODER = PromptDecoderConfig(
+    embed_dim=32, image_embedding_size=16, mask_in_chans=8, transformer_heads=2,
+    transformer_mlp_dim=64, iou_head_hidden_dim=32,
+)
+
+VARIANTS.update({
+    "tiny_repvit": SamConfig(
+        "tiny_repvit",
+        RepViTConfig(
+            blocks=(
+                RepViTBlockCfg(16, True, 1),
+                RepViTBlockCfg(16, False, 1),
+                RepViTBlockCfg(32, False, 2),
+                RepViTBlockCfg(32, True, 1),
+                RepViTBlockCfg(48, False, 2),
+                RepViTBlockCfg(64, False, 1),
+                RepViTBlockCfg(64, True, 1),
+            ),
+            stem_channels=16,
+            out_chans=32,
+            img_size=256,
+        ),
+        TINY_DECODER,
+        description="test-size RepViT-SAM (256 px)",
+        tiny=True,
+    ),
+    "tiny_vit_t": SamConfig(
+        "tiny_vit_t",
+        TinyViTConfig(
+            embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2),
+            window_sizes=(7, 7, 14, 7), num_classes=10, out_chans=32, img_size=256,
+        ),
+        TINY_DECODER,
+        description="test-size MobileSAM (256 px)",
+        tiny=True,
+    ),
+    "tiny_vit_b": SamConfig(
+        "tiny_vit_b",
+        ViTConfig(embed_dim=32, depth=3, num_heads=2, global_attn_indexes=(1,), window_size=6, out_chans=32, img_size=256),
+        TINY_DECODER,
+        description="test-size SAM ViT (256 px)",
+        tiny=True,
+    ),
+})
+
 # Friendly names users reach for; each resolves to an official registry name.
 ALIASES: dict[str, str] = {
     "repvit_sam": "repvit",
@@ -157,6 +206,8 @@ def resolve_name(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in VARIANTS:
-        known = ", ".join(sorted(VARIANTS)) + "; aliases: " + ", ".join(sorted(ALIASES))
+        official = sorted(n for n, c in VARIANTS.items() if not c.tiny)
+        tiny = sorted(n for n, c in VARIANTS.items() if c.tiny)
+        known = f"{', '.join(official)}; test-size: {', '.join(tiny)}; aliases: {', '.join(sorted(ALIASES))}"
         raise KeyError(f"unknown model {name!r}; known models: {known}")
     return key

@@ -70,9 +70,10 @@ def detect_variant(checkpoint: PathLike) -> str:
     return best[0]
 
 
-def list_models() -> List[str]:
-    """Official registry names, in the order of the variant table."""
-    return list(VARIANTS)
+def list_models(include_tiny: bool = False) -> List[str]:
+    """Registry names in the order of the variant table: the official models, and with
+    ``include_tiny`` also the test-size ones (``tiny_repvit``, ``tiny_vit_t``, ``tiny_vit_b``)."""
+    return [name for name, cfg in VARIANTS.items() if include_tiny or not cfg.tiny]
 
 
 def build_sam(
