@@ -125,6 +125,8 @@ class Video:
     * ``id_maps``: (T, H, W) uint8; 0 = background, k = object k (1..K) as DAVIS numbers them.
       An object absent from a frame (off-screen or hidden) has no pixel there.
     * ``categories``: K shape kinds, object k's at index k - 1.
+    * ``full_areas``: (T, K) int64, object k's pixels in frame t before occlusion (0 when it is
+      off-screen); ``(id_maps[t] == k).sum() <= full_areas[t, k - 1]``, less when occluded.
     * ``reentering``: ids of objects absent from some frames between frames where they are seen
       (off-screen, or hidden behind others); object 1 is among them when ``reenter`` was asked.
     """
@@ -132,6 +134,7 @@ class Video:
     frames: np.ndarray
     id_maps: np.ndarray
     categories: List[str]
+    full_areas: np.ndarray
     reentering: List[int] = field(default_factory=list)
 
     @property
@@ -216,14 +219,18 @@ def _sample_tracks(rng: np.random.Generator, n: int, num_frames: int, height: in
     return tracks
 
 
-def _render(tracks: List[_Track], order: List[int], bg: np.ndarray, t: int, num_frames: int) -> Tuple[np.ndarray, np.ndarray]:
+def _render(tracks: List[_Track], order: List[int], bg: np.ndarray, t: int, num_frames: int
+            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame t: (H, W, 3) image, (H, W) id map, (K,) unoccluded pixel counts."""
     height, width = bg.shape[:2]
     frame = bg.copy()
     ids = np.zeros((height, width), dtype=np.uint8)
+    full = np.zeros(len(tracks), dtype=np.int64)
     for k in order:  # back to front
         fp = rasterise(tracks[k].obj.shape, tracks[k].pose(t, num_frames), height, width)
         _paint(frame, ids, fp, tracks[k].obj, k + 1)
-    return frame, ids
+        full[k] = fp.pixels
+    return frame, ids, full
 
 
 def make_video(
@@ -259,21 +266,21 @@ def make_video(
     for _ in range(100):
         tracks = _sample_tracks(rng, n, T, height, width, want_reenter, min_area, max_area)
         order = [int(k) for k in rng.permutation(n)]
-        frame0, ids0 = _render(tracks, order, bg, 0, T)
+        frame0, ids0, full0 = _render(tracks, order, bg, 0, T)
         counts = np.bincount(ids0.ravel(), minlength=n + 1)[1:]
-        full = [rasterise(tr.obj.shape, tr.pose(0, T), height, width).pixels for tr in tracks]
-        if any(c < max(40, 0.6 * f) for c, f in zip(counts, full)):
+        if any(c < max(40, 0.6 * f) for c, f in zip(counts, full0)):
             continue
-        frames, id_maps = [frame0], [ids0]
+        frames, id_maps, fulls = [frame0], [ids0], [full0]
         for t in range(1, T):
-            f, m = _render(tracks, order, bg, t, T)
+            f, m, a = _render(tracks, order, bg, t, T)
             frames.append(f)
             id_maps.append(m)
+            fulls.append(a)
         maps = np.stack(id_maps)
         reentering = [k for k in range(1, n + 1) if _leaves_and_returns((maps == k).any(axis=(1, 2)))]
         if want_reenter and 1 not in reentering:
             continue
-        return Video(np.stack(frames), maps, [tr.obj.shape.kind for tr in tracks], reentering)
+        return Video(np.stack(frames), maps, [tr.obj.shape.kind for tr in tracks], np.stack(fulls), reentering)
     raise RuntimeError("could not sample a video meeting the constraints in 100 tries; try a larger --size")
 
 

@@ -158,13 +158,13 @@ def sample_shape(
 
     ``max_scale`` caps the scale (the shape then comes out smaller); ``px`` is the image size
     relative to 256 px, which sets the minimum widths of thin parts (bars, ring bands, star
-    arms), so that every object stays at least ~5 px thick at 256 px. Kinds that cannot be made
+    arms), so that every object stays at least ~6 px thick at 256 px. Kinds that cannot be made
     thick enough at the requested size fall back to an ellipse or polygon.
     """
     kind = KINDS[int(rng.choice(len(KINDS), p=_KIND_WEIGHTS))]
-    min_thick = 5.0 * px
+    min_thick = 6.0 * px
     if kind == "bar":
-        half_width = float(rng.uniform(2.5, 5.0)) * px
+        half_width = float(rng.uniform(3.0, 6.0)) * px
         shape = Shape("bar", half_width_px=half_width)
         scale = min(target_area / (4.0 * half_width), max_scale)
         if scale >= 3.0 * half_width:
