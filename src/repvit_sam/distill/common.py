@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import VARIANTS, SamConfig, resolve_name
-from ..train.launch import Launch, barrier, init_process_group, launch_from_env, log, teardown  # noqa: F401 (re-exported)
+from ..train.launch import launch_from_env, log  # noqa: F401 (used by embed)
 from ..weights import CheckpointError, StateDict, extract_state_dict, load_into, read_checkpoint
 
 

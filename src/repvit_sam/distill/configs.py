@@ -41,7 +41,22 @@ RECIPES: Dict[str, Recipe] = {
         val_prompts=2,
         description="smoke runs: tiny_vit_b -> tiny_repvit on a handful of images",
     ),
+    "prompt": Recipe(
+        "prompt",
+        epochs=1.0,
+        batch_size=8,
+        lr=1e-4,
+        weight_decay=0.01,
+        warmup_fraction=0.05,
+        grad_clip=1.0,
+        checkpoint_every=500,
+        val_every=1000,
+        log_every=10,
+        val_images=20,
+        description="phase 2, prompt-in-the-loop (EdgeSAM): BCE x5 + Dice x5 on the teacher's masks, 2 correction rounds",
+    ),
 }
+
 
 def get_recipe(name: str, overrides: Optional[Dict[str, Any]] = None) -> Recipe:
     if name not in RECIPES:

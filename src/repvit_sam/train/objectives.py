@@ -99,6 +99,17 @@ class PromptLoop(nn.Module):
                 p.requires_grad_(False)
         self.generator = torch.Generator()  # re-seeded per micro-batch by the trainer
 
+    def train(self, mode: bool = True) -> "PromptLoop":
+        """Frozen parts stay in eval mode (a frozen encoder's batch norm uses its running
+        statistics); so does the teacher."""
+        super().train(mode)
+        for part in (self.sam.image_encoder, self.sam.prompt_encoder, self.sam.mask_decoder):
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
     # ---------------------------------------------------------------- pieces
     def _decode(self, sam: nn.Module, emb: torch.Tensor, points, boxes, mask_input) -> Tuple[torch.Tensor, torch.Tensor]:
         """All 4 outputs: low-res logits (N, 4, S/4, S/4) and IoU predictions (N, 4)."""

@@ -175,7 +175,8 @@ def fit(
             if res:
                 last_val = res
                 metrics.write({"kind": "val", "step": step, **res})
-                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
+                shown = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith(("_small", "_medium", "_large"))}
+                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         barrier(launch)
 
     kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
