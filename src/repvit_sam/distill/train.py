@@ -162,6 +162,7 @@ def _train(args: argparse.Namespace, recipe: Recipe, launch: Launch) -> int:
     n_val = min(recipe.val_images, len(store) // 2)
     n_train = len(store) - n_val
     teacher_ckpt = args.teacher_checkpoint or store.index.get("teacher_checkpoint")
+    teacher_ckpt = str(teacher_ckpt) if teacher_ckpt else None
     if args.phase == "prompt":
         return _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, resume, ckpt_path)
     plan = make_plan(recipe, launch.world_size, n_train, args.steps, args.epochs,

@@ -97,7 +97,8 @@ class PromptLoop(nn.Module):
         if teacher is not None:
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        self.generator = torch.Generator()  # re-seeded per micro-batch by the trainer
+        # on the model's device (CUDA sampling needs a CUDA generator); re-seeded per micro-batch by the trainer
+        self.generator = torch.Generator(device=sam.pixel_mean.device)
 
     def train(self, mode: bool = True) -> "PromptLoop":
         """Frozen parts stay in eval mode (a frozen encoder's batch norm uses its running
@@ -157,7 +158,7 @@ class PromptLoop(nn.Module):
             if m.shape[0] == 0:
                 continue
             k = min(self.max_instances, m.shape[0])
-            sel = torch.randperm(m.shape[0], generator=self.generator)[:k]
+            sel = torch.randperm(m.shape[0], generator=self.generator, device=self.generator.device)[:k].cpu()
             chosen.append(m[sel])
             owners.append(torch.full((k,), i, dtype=torch.long))
         if not chosen:
@@ -180,7 +181,7 @@ class PromptLoop(nn.Module):
         scale = scales.to(dev)[owners]
         g = self.generator
 
-        is_box = (torch.rand(n, generator=g) < self.box_prob).to(dev)
+        is_box = (torch.rand(n, generator=g, device=g.device) < self.box_prob).to(dev)
         boxes = jitter_boxes(boxes_from_masks(gt), scale, size, g)
         first_pts, _ = sample_in(gt, g)
 

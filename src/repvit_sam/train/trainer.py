@@ -219,7 +219,7 @@ def fit(
             peaks = gather_objects(peak_memory_bytes(launch.device), launch)
             record = {"kind": "train", "step": step, "loss": loss_v, "lr": lr,
                       "epoch": step * recipe.grad_accum / plan.per_epoch_micro,
-                      "items_per_s": seen * launch.world_size / max(elapsed, 1e-9)}
+                      "items_per_s": seen * launch.world_size / max(elapsed, 1e-9), "time_s": round(elapsed, 4)}
             record.update({k: v / recipe.grad_accum for k, v in stat_sums.items()})  # rank 0's
             record.update({f"peak_mem_gib_rank{r}": round(p / GIB, 3) for r, p in enumerate(peaks)})
             metrics.write(record)

@@ -76,7 +76,7 @@ def prompt_validation(model, coco: Dict[str, Any], clicks: int, show_progress: b
     images = [CocoImage(im["id"], Path(im["file_name"]), im["height"], im["width"], by_image.get(im["id"], [])) for im in coco["images"]]
     dataset = CocoDataset("validation", Path("validation.json"), coco, images)
     with torch.no_grad():
-        result = coco_prompt.run(SamPredictor(model), dataset, ("box", "point"), "single", "best-score", clicks,
+        result = coco_prompt.run(SamPredictor(model, fast_decoder=False), dataset, ("box", "point"), "single", "best-score", clicks,
                                  show_progress=show_progress)
     return summarise_records(result.per_image, clicks)
 
