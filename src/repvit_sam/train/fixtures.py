@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 TEACHER, STUDENT = "tiny_vit_b", "tiny_repvit"
-TRAIN_COUNT, VAL_COUNT, SIZE = 600, 100, (256, 256)
+TRAIN_COUNT, VAL_COUNT, SIZE = 400, 50, (256, 256)
 VAL_CLICKS = 4
 
-FINETUNE = ["--trainable", "all", "--steps", "4000", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
-            "--rounds", "2", "--max-instances", "6", "--val-every", "2000", "--checkpoint-every", "500", "--log-every", "20",
+FINETUNE = ["--trainable", "all", "--steps", "1500", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
+            "--rounds", "2", "--max-instances", "6", "--val-every", "5000", "--checkpoint-every", "100", "--log-every", "20",
             "--val-clicks", str(VAL_CLICKS), "--seed", "0", "--no-bf16"]
-PHASE1 = ["--recipe", "tiny", "--steps", "1500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",
-          "--checkpoint-every", "500", "--val-every", "1500", "--log-every", "25", "--seed", "0", "--no-bf16"]
-PHASE2 = ["--phase", "prompt", "--recipe", "prompt", "--steps", "600", "--batch-size", "8", "--lr", "3e-4", "--val-images", "20",
-          "--max-instances", "6", "--checkpoint-every", "200", "--val-every", "600", "--log-every", "20", "--seed", "0", "--no-bf16"]
+PHASE1 = ["--recipe", "tiny", "--steps", "500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",
+          "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "25", "--seed", "0", "--no-bf16"]
+PHASE2 = ["--phase", "prompt", "--recipe", "prompt", "--steps", "200", "--batch-size", "8", "--lr", "3e-4", "--val-images", "20",
+          "--max-instances", "6", "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "20", "--seed", "0", "--no-bf16"]
 
 
 def _cli(argv: List[Any]) -> None:
@@ -78,6 +78,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, default=Path("tests/data/trained"), help="where the fixtures go")
     p.add_argument("--work", type=Path, required=True, help="work folder (synthetic data, runs); re-use it to continue")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; the committed fixtures say which made them")
+    p.add_argument("--teacher-only", action="store_true", help="stop after fine-tuning the teacher (WORK/teacher/model.pt)")
     p.add_argument("--smoke", action="store_true", help="a few steps of each stage on a few images (checks the pipeline, not the models)")
     args = p.parse_args(argv)
     global TRAIN_COUNT, VAL_COUNT
@@ -103,6 +104,8 @@ def main(argv: List[str] | None = None) -> int:
         _cli(["finetune", "--data", train / "annotations.json", "--images", train / "images", "--model", TEACHER,
               "-o", teacher_run, "--val-data", val / "annotations.json", "--val-images", val / "images", *finetune, *dev, *resume])
     teacher = teacher_run / "model.pt"
+    if args.teacher_only:
+        return 0
 
     emb = work / "embeddings"
     _cli(["distill", "embed", "--teacher", TEACHER, "--teacher-checkpoint", teacher, "--images", train / "images",
@@ -127,6 +130,7 @@ def main(argv: List[str] | None = None) -> int:
     record: Dict[str, Any] = {
         "made_by": f"python -m repvit_sam.train.fixtures -o tests/data/trained --work WORK --device {args.device}",
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu (torch.set_num_threads(1))",
+        "note": "each model's trained_on says where its training ran; the validation figures were computed where this file was written",
         "torch": torch.__version__,
         "data": {"train": f"repvit-sam synth images --count {TRAIN_COUNT} --seed 0 (256x256)",
                  "held_out": f"repvit-sam synth images --count {VAL_COUNT} --seed 1 (256x256)"},
@@ -139,8 +143,10 @@ def main(argv: List[str] | None = None) -> int:
     }
     for fname, (variant, src) in files.items():
         shutil.copyfile(src, out / fname)
+        run_json = {"teacher.pt": teacher_run, "student_mse.pt": work / "student_mse", "student.pt": work / "student_prompt"}[fname] / "run.json"
+        made_on = json.loads(run_json.read_text()).get("device") if run_json.is_file() else None
         record["models"][fname] = {"variant": variant, "sha256": file_sha256(out / fname), "bytes": (out / fname).stat().st_size,
-                                   "validation": validate_file(variant, out / fname, val)}
+                                   "trained_on": made_on, "validation": validate_file(variant, out / fname, val)}
     record["seconds"] = round(time.time() - t0)
     from ..utils import write_json_atomic
 
