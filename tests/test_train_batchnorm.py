@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from repvit_sam import build_sam
-from repvit_sam.train.batchnorm import TrainBatchNorm2d, _GlobalBatchNorm, checkpoint_blocks, convert_batchnorm
+from repvit_sam.train.batchnorm import _GlobalBatchNorm, checkpoint_blocks, convert_batchnorm
 
 
 def test_global_function_matches_batch_norm_values_and_gradients(tmp_path):
