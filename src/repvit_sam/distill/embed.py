@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     )
     out: Path = args.out
     shards.open_plan(out, plan)
-    mine = [i for i in range(plan["num_shards"]) if i % launch.world_size == launch.rank]
+    from ..parallel import Share, rank_share
+
+    mine = rank_share(range(plan["num_shards"]), Share(launch.rank, launch.world_size))
     todo = [i for i in mine if not shards.is_finished(out, plan, i)]
     n_todo = sum(len(shards.shard_keys(plan, i)) for i in todo)
     log.info(
