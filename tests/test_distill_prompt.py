@@ -63,8 +63,8 @@ def test_phase_two_trains_the_student_against_the_teacher(phase2, capsys):
 
 def test_phase_two_needs_a_student_and_masks(phase2, tmp_path, capsys):
     base = ["distill", "train", "--phase", "prompt", "--embeddings", phase2 / "emb", "--images", phase2 / "synth" / "images",
-            "--student", "tiny_repvit", "--teacher-checkpoint", TRAINED / "teacher.pt", "--steps", "1", "--workers", "0"]
+            "--student", "tiny_repvit", "--teacher-checkpoint", TRAINED / "teacher.pt", "--steps", "1", "--batch-size", "2", "--workers", "0"]
     code, _, err = run_cli([*base, "--annotations", phase2 / "synth" / "annotations.json", "--out", tmp_path / "a"], capsys)
     assert code == 1 and "pass --student-init" in err
-    code, _, err = run_cli([*base, "--out", tmp_path / "b"], capsys)  # no SA-1B JSONs beside the images
+    code, _, err = run_cli([*base, "--student-init", TRAINED / "student_mse.pt", "--out", tmp_path / "b"], capsys)  # no SA-1B JSONs beside the images
     assert code == 1 and "no SA-1B JSONs beside the images" in err and "pass --annotations" in err

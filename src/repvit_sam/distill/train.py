@@ -260,6 +260,8 @@ def _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, 
     run_dir: Path = args.out
     if not teacher_ckpt or not Path(teacher_ckpt).exists():
         raise DataError("--phase prompt needs the teacher's full checkpoint (--teacher-checkpoint): its decoder makes the target masks")
+    if resume is None and args.student_init is None:
+        raise DataError("--phase prompt starts from a phase-1 student: pass --student-init (a `distill export` file or its encoder)")
     teacher_sd = read_state_dict(Path(teacher_ckpt), "teacher checkpoint")
     tcfg = model_config(store.index["teacher"])
     if tcfg.decoder != cfg.decoder:
@@ -302,8 +304,6 @@ def _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, 
     dec = decoder_state(teacher_sd, str(teacher_ckpt))
     student.load_state_dict({**student.state_dict(), **dec}, strict=True)
     if resume is None:
-        if args.student_init is None:
-            raise DataError("--phase prompt starts from a phase-1 student: pass --student-init (a `distill export` file or its encoder)")
         student.image_encoder.load_state_dict(_encoder_state(read_state_dict(args.student_init, "--student-init")), strict=True)
     else:
         student.load_state_dict(resume["model"], strict=True)
