@@ -7,31 +7,21 @@ import pytest
 import torch
 
 from repvit_sam import build_from_config
-from repvit_sam.inference.automatic import (
-    SamAutomaticMaskGenerator,
+from repvit_sam.inference.amg import SamAutomaticMaskGenerator
+from repvit_sam.inference.amg.utils import batched_nms, build_all_layer_point_grids, build_point_grid, generate_crop_boxes, is_box_near_crop_edge, nms
+from repvit_sam.inference.masks import (
     area_from_rle,
     batched_mask_to_box,
-    batched_nms,
-    build_all_layer_point_grids,
-    build_point_grid,
     calculate_stability_score,
     coco_encode_rle,
-    generate_crop_boxes,
-    is_box_near_crop_edge,
+    mask_to_box_xywh,
     masks_to_uncompressed_rle,
-    nms,
     remove_small_regions,
+    rle_to_mask,
     uncompressed_rle_to_mask,
 )
-from repvit_sam.inference.masks import mask_to_box_xywh, rle_to_mask
 
 from conftest import TINY, randomize_
-
-
-def _sa_bbox(mask: np.ndarray) -> list:
-    """segment_anything's record bbox: XYWH of the inclusive box (covered width - 1)."""
-    x, y, w, h = mask_to_box_xywh(mask)
-    return [x, y, max(w - 1, 0), max(h - 1, 0)]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +80,7 @@ def test_bbox_and_area_agree_with_mask(records):
     for r in records:
         m = r["segmentation"]
         assert r["area"] == int(m.sum())
-        assert r["bbox"] == _sa_bbox(m)
+        assert r["bbox"] == mask_to_box_xywh(m)
 
 
 def test_output_modes_decode_to_same_masks(model, image, records):
@@ -174,7 +164,7 @@ def test_disc_masks_known_answer(model):
         assert r["predicted_iou"] == pytest.approx(IOUS[k])
         assert r["stability_score"] == pytest.approx(_expected_stability(logits))
         assert r["area"] == int((logits > 0).sum())
-        assert r["bbox"] == _sa_bbox(logits > 0)
+        assert r["bbox"] == mask_to_box_xywh(logits > 0)
         assert r["crop_box"] == [0, 0, 40, 40]
     # e.g. the r=9 disc around (10, 10): pixels 2..18 in x and y
     assert recs[0]["bbox"] == [2, 2, 16, 16]
@@ -431,7 +421,7 @@ def test_min_mask_region_area(model, image):
 
     for r in recs:
         m = r["segmentation"]
-        assert r["area"] == int(m.sum()) and r["bbox"] == _sa_bbox(m)
+        assert r["area"] == int(m.sum()) and r["bbox"] == mask_to_box_xywh(m)
         if m.any():
             lab, n = ndimage.label(m, structure=np.ones((3, 3)))
             sizes = np.bincount(lab.ravel())[1:]

@@ -19,9 +19,10 @@ import torch
 
 from repvit_sam import build_from_config
 from repvit_sam.config import PromptDecoderConfig
-from repvit_sam.inference import automatic
+from repvit_sam.inference.amg import decode as amg_decode
 from repvit_sam.inference.agreement import compare_records
-from repvit_sam.inference.automatic import SamAutomaticMaskGenerator
+from repvit_sam.inference.amg import SamAutomaticMaskGenerator
+from repvit_sam.inference.amg.decode import FastDecode
 from repvit_sam.inference.fast_decoder import FastDecoder, TokenState
 
 from conftest import TINY, randomize_
@@ -237,9 +238,9 @@ def _install_disc_decoder(gen: SamAutomaticMaskGenerator) -> None:
 
     pe.forward = fake_prompt_encoder
     md.forward = fake_decoder
-    if gen._fast is not None:
-        gen._fast.tokens = fake_tokens
-        gen._fast.masks = fake_masks
+    if isinstance(gen.decode, FastDecode):
+        gen.decode.decoder.tokens = fake_tokens
+        gen.decode.decoder.masks = fake_masks
 
 
 @pytest.fixture
@@ -280,7 +281,7 @@ def test_fast_pipeline_equals_reference_on_same_decoder(disc_model, kwargs):
 
 def test_fast_path_bounds_full_size_logits(disc_model, monkeypatch):
     """Full-size logits are made a few masks at a time, never for a whole batch."""
-    monkeypatch.setattr(automatic, "FULLRES_CHUNK", 3)
+    monkeypatch.setattr(amg_decode, "FULLRES_CHUNK", 3)
     gen = SamAutomaticMaskGenerator(disc_model, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     _install_disc_decoder(gen)
     sizes = []
@@ -302,8 +303,8 @@ def test_coarse_to_fine_skips_covered_points(disc_model):
     c2f = SamAutomaticMaskGenerator(disc_model, points_per_side=8, sampling="coarse-to-fine", coarse_points_per_side=3)
     _install_disc_decoder(c2f)
     decoded = []
-    tokens = c2f._fast.tokens
-    c2f._fast.tokens = lambda sparse, dense=None, mask_index=None: decoded.append(sparse[:, 0, :2].clone()) or tokens(sparse, dense, mask_index)
+    tokens = c2f.decode.decoder.tokens
+    c2f.decode.decoder.tokens = lambda sparse, dense=None, mask_index=None: decoded.append(sparse[:, 0, :2].clone()) or tokens(sparse, dense, mask_index)
     ref, recs = full.generate(img), c2f.generate(img)
     pts = torch.cat(decoded)
     assert 9 < len(pts) < 9 + 64  # the coarse grid, then only the uncovered fine points

@@ -63,7 +63,7 @@ def _measure(mode: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     from .hub import load_pretrained
-    from .inference.automatic import SamAutomaticMaskGenerator
+    from .inference.amg import SamAutomaticMaskGenerator
     from .modeling.fuse import fuse_model
     from .registry import build_from_config, build_sam
 

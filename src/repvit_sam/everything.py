@@ -182,7 +182,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, EXIT_RUNTIME, UsageError, load_model
-    from .inference.automatic import SamAutomaticMaskGenerator
+    from .inference.amg import SamAutomaticMaskGenerator
 
     try:
         jobs = collect_jobs(args.inputs, args.recursive)

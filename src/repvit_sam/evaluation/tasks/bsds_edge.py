@@ -39,7 +39,8 @@ def _mask_edges(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def edge_map(predictor, image: np.ndarray, points_per_side: int = 16, nms_thresh: float = 0.7, edge_nms: bool = True) -> np.ndarray:
     """The (H, W) edge map in [0, 1] of one image (the steps in the module docstring)."""
-    from ...inference.automatic import batched_mask_to_box, build_point_grid, nms
+    from ...inference.amg.utils import build_point_grid, nms
+    from ...inference.masks import batched_mask_to_box
 
     predictor.set_image(image)
     h, w = predictor.original_size

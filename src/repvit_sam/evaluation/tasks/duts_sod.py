@@ -22,11 +22,10 @@ from .common import TaskResult, progress
 
 
 def everything(model, predictor, points_per_side: int):
-    from ...inference.automatic import SamAutomaticMaskGenerator
+    from ...inference.amg import SamAutomaticMaskGenerator
 
-    gen = SamAutomaticMaskGenerator(model, points_per_side=points_per_side, output_mode="binary_mask")
-    gen.predictor = predictor  # the caching predictor: the grid reuses the stored embedding
-    return gen
+    # the caching predictor: the grid reuses the stored embedding
+    return SamAutomaticMaskGenerator(model, points_per_side=points_per_side, output_mode="binary_mask", predictor=predictor)
 
 
 def border_fraction(mask: np.ndarray) -> float:
