@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import importlib
 import importlib.util
 import os
 import shutil
@@ -38,7 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import PIXEL_MEAN, PIXEL_STD
 from .modeling.fuse import fuse_model
+from .utils import require
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -118,10 +119,7 @@ def available_backends() -> Dict[str, Optional[str]]:
 
 
 def _import(module: str, backend: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise BackendError(f"backend {backend!r} needs the {module} package: {FAST_EXTRA}") from None
+    return require(module, "fast", BackendError, what=f"backend {backend!r}")
 
 
 # ---------------------------------------------------------------------------- torch backends
@@ -260,8 +258,8 @@ def calibration_images(size: int, count: int = 8, seed: int = 0) -> List[np.ndar
     smooth colour fields at several scales plus a few solid shapes. Used to calibrate int8 when no
     real images are given."""
     g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     out = []
     for _ in range(count):

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
+from .utils import one_line
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -385,11 +387,6 @@ def _compare(out: "torch.Tensor", ref: "torch.Tensor") -> Dict[str, float]:
     }
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 def machine_info(threads: int, matmul_n: int, with_cuda: bool) -> Dict[str, Any]:
     """This machine, library versions and its measured matrix-multiply peaks (GFLOP/s)."""
     import datetime
@@ -462,7 +459,7 @@ def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.
             timing = _timed(lambda: fn(xin), runs, warmup, sync)
         row["peak_mb"] = mem["peak_mb"]
     except Exception as e:  # a backend that cannot run this model here: the row says why
-        row["note"] = f"failed: {_one_line(e)}"
+        row["note"] = f"failed: {one_line(e, with_type=True)}"
         return row
     out = timing.pop("out").float().cpu()
     row.update(timing)
@@ -487,7 +484,7 @@ def _gpu_rows(model_name: str, encoder: "nn.Module", backend: str, size: int, ba
             t = _timed(lambda: fn(xb), runs, max(warmup, 1), torch.cuda.synchronize)
             row.update(median_ms=t["median_ms"], images_per_s=b / (t["median_ms"] / 1e3))
         except Exception as e:
-            row["note"] = f"failed: {_one_line(e)}"
+            row["note"] = f"failed: {one_line(e, with_type=True)}"
         rows.append(row)
     return rows
 

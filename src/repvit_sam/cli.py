@@ -207,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if debug:
             traceback.print_exc()
-        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        message = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
+        from .utils import one_line
+
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (PromptError, KeyError)) else EXIT_RUNTIME

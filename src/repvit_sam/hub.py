@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from . import registry
 from .config import resolve_name
 from .modeling.sam import Sam
-from .utils import atomic_write
+from .utils import atomic_write, one_line
+from .utils import file_sha256 as file_sha256_uncached
 from .weights import CheckpointError, PathLike, check_fits, extract_state_dict, read_checkpoint
 
 __all__ = [
@@ -212,10 +213,6 @@ def _spec(name: str) -> CheckpointSpec:
         raise KeyError(f"no official checkpoint is known for model {key!r}; pass checkpoint=PATH") from None
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")
 
@@ -256,14 +253,6 @@ def _lock(dest: Path) -> Iterator[None]:
 # Hashing and verification
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_sidecar(path: Path, digest: str) -> None:
     st = path.stat()
     record = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -285,7 +274,7 @@ def file_sha256(path: PathLike, *, use_cache: bool = True) -> str:
             digest = str(record["sha256"]).lower()
             if record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns and re.fullmatch(r"[0-9a-f]{64}", digest):
                 return digest
-    digest = _hash_file(p)
+    digest = file_sha256_uncached(p)
     if use_cache:
         with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes again
             _write_sidecar(p, digest)
@@ -365,10 +354,10 @@ def _network_reason(exc: BaseException) -> str:
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             return "timed out"
-        return _one_line(reason)
+        return one_line(reason)
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
-    return _one_line(exc) or type(exc).__name__
+    return one_line(exc)
 
 
 def download(

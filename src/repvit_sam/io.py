@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .inference.transforms import ResizeLongestSide
-from .utils import atomic_write
+from .utils import atomic_write, one_line
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -70,11 +70,6 @@ class ImageError(ValueError):
 
 
 # --------------------------------------------------------------------------- conversions
-def _text(exc: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _describe(array: np.ndarray) -> str:
     return f"array of shape {tuple(array.shape)} and dtype {array.dtype}"
 
@@ -169,7 +164,7 @@ def _pil_to_rgb_image(image: Image.Image, what: str) -> Image.Image:
                 warnings.filterwarnings("ignore", message="Palette images with Transparency")
                 return image.convert("RGB")
         except ValueError as exc:  # e.g. 'La', which Pillow cannot convert
-            raise ImageError(f"{what} has Pillow mode {mode!r} that cannot be converted to RGB ({_text(exc)}); "
+            raise ImageError(f"{what} has Pillow mode {mode!r} that cannot be converted to RGB ({one_line(exc)}); "
                              f"re-save it as an 8-bit RGB image") from exc
     raise ImageError(
         f"{what} has unsupported Pillow mode {mode!r}; re-save it as 8-bit RGB, RGBA or grayscale"
@@ -286,13 +281,13 @@ def _open_decoded(path: PathLike, max_pixels: int | None) -> Tuple[Image.Image, 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
             f"image {str(p)!r} was refused by Pillow's global decompression-bomb limit "
-            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {_text(exc)}; if you trust the "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {one_line(exc)}; if you trust the "
             f"file, raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels"
         ) from exc
     except PermissionError as exc:
         raise ImageError(f"cannot read {str(p)!r}: permission denied; check the file's permissions") from exc
     except Exception as exc:  # I/O errors, or a plugin tripping over a malformed header
-        raise ImageError(f"cannot open image {str(p)!r}: {_text(exc)}; the file may be damaged") from exc
+        raise ImageError(f"cannot open image {str(p)!r}: {one_line(exc)}; the file may be damaged") from exc
 
     try:
         width, height = image.size
@@ -310,18 +305,18 @@ def _open_decoded(path: PathLike, max_pixels: int | None) -> Tuple[Image.Image, 
         except Image.DecompressionBombError as exc:  # e.g. a TIFF tile larger than the image
             raise ImageError(
                 f"image {str(p)!r} was refused by Pillow's decompression-bomb check while "
-                f"decoding: {_text(exc)}; if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+                f"decoding: {one_line(exc)}; if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
             ) from exc
         except Exception as exc:  # truncated data, broken streams, bad CRCs, ...
             raise ImageError(
                 f"could not decode image {str(p)!r} ({image.format}, {width} x {height}): "
-                f"{_text(exc)}; the file is probably truncated or corrupt, re-download or re-export it"
+                f"{one_line(exc)}; the file is probably truncated or corrupt, re-download or re-export it"
             ) from exc
         try:
             ImageOps.exif_transpose(image, in_place=True)
         except Exception as exc:  # malformed EXIF block: keep the stored orientation
             warnings.warn(
-                f"ignoring unreadable EXIF orientation of {str(p)!r}: {_text(exc)}", RuntimeWarning, stacklevel=3
+                f"ignoring unreadable EXIF orientation of {str(p)!r}: {one_line(exc)}", RuntimeWarning, stacklevel=3
             )
     except BaseException:
         image.close()

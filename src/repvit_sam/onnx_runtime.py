@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from .utils import require
 from .inference.prompts import check_boxes, check_mask_input, check_points, check_prompt_given
 
 Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -33,11 +34,7 @@ class OnnxModelError(RuntimeError):
 
 
 def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise OnnxModelError("onnxruntime is not installed: pip install onnxruntime (or 'repvit-sam[export]')") from None
-    return onnxruntime
+    return require("onnxruntime", "export", OnnxModelError)
 
 
 def preprocess_shape(h: int, w: int, long_side: int) -> Tuple[int, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from ..utils import non_negative_int, positive_int
 
 HELP = {
     "coco-prompt": "mIoU from ground-truth box and one-point prompts (COCO / LVIS instances)",
@@ -15,20 +16,6 @@ HELP = {
     "duts-sod": "salient-object segmentation on DUTS-TE: MAE, S-measure, max F",
     "mvtec-ad": "zero-shot anomaly segmentation on MVTec-AD: pixel max-F1",
 }
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
 
 
 def _fraction(text: str) -> float:
@@ -46,7 +33,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", type=Path, required=True, metavar="ROOT", help="dataset root (see docs/evaluation.md for each layout)")
     add_model_args(p)
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N images (per category for mvtec-ad)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images (per category for mvtec-ad)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default outputs/eval/TASK)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="embedding cache (default $REPVIT_SAM_HOME/embeddings or ~/.cache/repvit_sam/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached image embeddings")
@@ -63,7 +50,7 @@ def _maps(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _grid(p: argparse.ArgumentParser, default: int) -> None:
-    p.add_argument("--points-per-side", type=_positive_int, default=default, metavar="N", help=f"point grid per side (default {default})")
+    p.add_argument("--points-per-side", type=positive_int, default=default, metavar="N", help=f"point grid per side (default {default})")
 
 
 def _task(tasks: argparse._SubParsersAction, name: str, grid: int = 0, maps: str = "") -> argparse.ArgumentParser:
@@ -88,22 +75,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="mask chosen for a box: single output (default), best predicted IoU of 3, or best true IoU of 3")
     t.add_argument("--select-point", choices=("single", "best-score", "oracle"), default="best-score",
                    help="mask chosen for one point (default best-score of 3 candidates)")
-    t.add_argument("--refine", type=_non_negative_int, default=0, metavar="K", help="corrective clicks after the first point (default 0)")
-    t.add_argument("--max-instances", type=_positive_int, metavar="N", help="at most N instances per image")
+    t.add_argument("--refine", type=non_negative_int, default=0, metavar="K", help="corrective clicks after the first point (default 0)")
+    t.add_argument("--max-instances", type=positive_int, metavar="N", help="at most N instances per image")
 
     t = _task(tasks, "coco-ap")
     _coco_paths(t)
     t.add_argument("--detections", type=Path, required=True, metavar="PATH",
                    help="COCO results JSON of detector boxes; with --seginw a folder of <dataset>.json")
     t.add_argument("--seginw", action="store_true", help="ROOT holds SegInW dataset folders: AP per dataset and their mean")
-    t.add_argument("--max-dets", type=_positive_int, default=100, help="detections per image, highest score first (default 100)")
+    t.add_argument("--max-dets", type=positive_int, default=100, help="detections per image, highest score first (default 100)")
     t.add_argument("--score-rule", choices=("detector", "detector*iou"), default="detector", help="mask score (default: the detector's)")
     t.add_argument("--select", choices=("single", "best-score"), default="single", help="mask per box (default single output)")
 
     t = _task(tasks, "bsds-edge", grid=16, maps="edge map")
     t.add_argument("--split", choices=("test", "val", "train"), default="test", help="BSDS500 split (default test)")
     t.add_argument("--nms", type=_fraction, default=0.7, help="mask box-NMS IoU threshold (default 0.7)")
-    t.add_argument("--thresholds", type=_positive_int, default=99, help="edge thresholds (default 99)")
+    t.add_argument("--thresholds", type=positive_int, default=99, help="edge thresholds (default 99)")
 
     t = _task(tasks, "duts-sod", grid=16, maps="saliency map")
     t.add_argument("--max-border", type=_fraction, default=0.2, help="masks covering more of the image border are background (default 0.2)")
