@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
+from .image import resize_longest_side, to_rgb_uint8
 from .utils import require
 from .inference.prompts import check_boxes, check_mask_input, check_points, check_prompt_given
 
@@ -35,12 +35,6 @@ class OnnxModelError(RuntimeError):
 
 def _import_onnxruntime():
     return require("onnxruntime", "export", OnnxModelError)
-
-
-def preprocess_shape(h: int, w: int, long_side: int) -> Tuple[int, int]:
-    """(h, w) scaled so that the long side is ``long_side``, rounded half up (as ResizeLongestSide)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -59,22 +53,6 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     x0, x1, fx = axis(x.shape[-1], out_w)
     rows = x[..., y0, :] * (1 - fy)[:, None] + x[..., y1, :] * fy[:, None]
     return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
-
-
-def _to_rgb_uint8(image: Any) -> np.ndarray:
-    """A PIL image or an (H, W), (H, W, 3) or (H, W, 4) uint8 array -> (H, W, 3) uint8."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image must be a uint8 array (or a PIL image), got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"image must have shape (H, W, 3), (H, W, 4) or (H, W), got {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {arr.shape}")
-    return arr[:, :, :3]
 
 
 class OnnxSamPredictor:
@@ -140,8 +118,8 @@ class OnnxSamPredictor:
         self.input_size: Optional[Tuple[int, int]] = None
 
     def _encoder_input(self, rgb: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
-        h, w = preprocess_shape(rgb.shape[0], rgb.shape[1], self.img_size)
-        resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.Resampling.BILINEAR))
+        resized = resize_longest_side(rgb, self.img_size)
+        h, w = resized.shape[:2]
         x = resized.transpose(2, 0, 1).astype(np.float32)  # (3, h, w) in 0..255
         if not self.encoder_preprocess:
             x = (x - self.pixel_mean) / self.pixel_std
@@ -150,10 +128,11 @@ class OnnxSamPredictor:
 
     def set_image(self, image: Any, image_format: str = "RGB") -> None:
         """Compute the embedding of ``image``: (H, W, 3) uint8 in ``image_format`` (RGB or
-        BGR), or a PIL image."""
+        BGR), or any image ``SamPredictor.set_image`` takes (grey, alpha, 16-bit and float
+        arrays, PIL images), converted by :func:`repvit_sam.image.to_rgb_uint8`."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        rgb = _to_rgb_uint8(image)
+        rgb = to_rgb_uint8(image)
         if image_format != self.image_format:
             rgb = rgb[..., ::-1]
         x, input_size = self._encoder_input(rgb)

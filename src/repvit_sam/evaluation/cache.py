@@ -77,7 +77,7 @@ class CachedPredictor(SamPredictor):
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         if self.cache is None:
             return super().set_image(image, image_format)
-        from ..io import to_rgb_uint8
+        from ..image import to_rgb_uint8
 
         rgb = to_rgb_uint8(image)
         if image_format != self.model.image_format:

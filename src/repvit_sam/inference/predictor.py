@@ -93,7 +93,7 @@ class SamPredictor:
         """Any supported image -> ((1, 3, h, w) uint8 tensor resized for the model, (H, W))."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        from ..io import to_rgb_uint8
+        from ..image import to_rgb_uint8
 
         rgb = to_rgb_uint8(image)  # (H, W, 3) uint8; documents the accepted inputs
         if image_format != self.model.image_format:
@@ -115,7 +115,7 @@ class SamPredictor:
         """Compute the embedding of ``image``: (H, W, 3) uint8 in ``image_format`` (RGB or BGR).
 
         Grayscale, RGBA, 16-bit and float-in-[0, 1] arrays (and PIL images) are converted to
-        8-bit RGB by :func:`repvit_sam.io.to_rgb_uint8`; other inputs are refused clearly.
+        8-bit RGB by :func:`repvit_sam.image.to_rgb_uint8`; other inputs are refused clearly.
         """
         input_torch, original_size = self._prepare(image, image_format)
         self.set_torch_image(input_torch, original_size)

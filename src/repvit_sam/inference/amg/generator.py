@@ -127,7 +127,7 @@ class SamAutomaticMaskGenerator:
         ``progress(points_done, points_total)``, if given, is called as the grid points of all
         crops are decoded (coarse-to-fine counts the points it skips as done).
         """
-        from ...io import to_rgb_uint8
+        from ...image import to_rgb_uint8
 
         rgb = to_rgb_uint8(image)
         self._progress = progress
