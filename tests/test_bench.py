@@ -45,11 +45,20 @@ def test_gflop_of_tiny_repvit_is_the_sum_over_its_convolutions():
     assert bench.count_gflop(encoder, (1, 3, 256, 256)) * 1e9 == pytest.approx(sum(total), rel=1e-9)
 
 
-def test_peak_memory_sees_an_allocation():
-    with bench.peak_memory() as mem:
-        block = np.ones(50 * 2**20 // 8)  # 50 MB, touched
-        del block
-    assert mem["peak_mb"] is not None and 45 <= mem["peak_mb"] <= 200
+def test_peak_memory_measures_the_growth_within_the_block():
+    """Peak growth, not absolute size: 200 MB touched and freed before the block do not count,
+    and a 150 MB block peaks 100 MB above a 50 MB one."""
+    before = np.ones(200 * 2**20 // 8)
+    del before
+    peaks = []
+    for mb in (50, 150):
+        with bench.peak_memory() as mem:
+            block = np.ones(mb * 2**20 // 8)  # touched
+            del block
+        peaks.append(mem["peak_mb"])
+    assert None not in peaks
+    assert 50 * 0.98 <= peaks[0] < 150, peaks  # the 200 MB from before the block would show here
+    assert peaks[1] - peaks[0] == pytest.approx(100, abs=15), peaks
 
 
 @pytest.fixture(scope="module")

@@ -65,14 +65,7 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="latency of every image-encoder backend side by side, and of the mask decoder",
-        description="Image-encoder latency, memory, GFLOP, share of the matrix-multiply peak and fidelity "
-        "against eager for each model and backend, and the mask decoder's latency per prompt. "
-        "Prints Markdown tables; --json writes the same data.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
                    help=f"models to measure (default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--backends", nargs="+", metavar="NAME",
@@ -98,7 +91,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--points-per-side", type=_count(1), default=32, help="grid points per side (default 32)")
     e.add_argument("--filters", choices=sorted(FILTERS), default="default",
                    help="default: segment_anything's thresholds; none: every mask kept (the slow case)")
-    p.set_defaults(func=run)
 
 
 def _build_model(name: str, size: int, pretrained: bool) -> "nn.Module":

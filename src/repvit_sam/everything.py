@@ -146,26 +146,20 @@ def run_all(generator: Any, jobs: Iterable[Job], outdir: Path, write_masks: bool
 
 
 # --------------------------------------------------------------------------- CLI
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import add_model_args, add_output_arg
     from .inference.amg.options import AmgOptions
 
-    p = sub.add_parser(
-        "everything",
-        help="segment everything in images or folders (overlay PNG + SA-1B JSON per image)",
-        description=__doc__.split("\n\n")[0],
-    )
     p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    add_output_arg(p, "output folder")
     p.add_argument("-r", "--recursive", action="store_true", help="also take images in sub-folders")
     p.add_argument("--masks", action="store_true", help="also write one PNG per mask")
     p.add_argument("--overwrite", action="store_true", help="redo images whose JSON already exists")
     AmgOptions.add_arguments(p)
     add_model_args(p)
-    p.set_defaults(func=run_cli)
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, EXIT_RUNTIME, UsageError, load_model
     from .inference.amg import AmgOptions, SamAutomaticMaskGenerator
 

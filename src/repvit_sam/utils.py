@@ -129,3 +129,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
+
+
+def resolve_device(device: "str | None") -> str:
+    """The ``--device`` rule of every command: the given device, else ``cuda`` when a GPU is
+    available (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local_rank)}" if local_rank is not None else "cuda"
+

@@ -36,14 +36,10 @@ def _run(module: str):
     return call
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "distill",
-        help="train your own RepViT-SAM from a SAM teacher (embed, train, export)",
-        description="Decoupled distillation (MobileSAM / RepViT-SAM): store a teacher's image embeddings, "
-        "train a student encoder on them with an MSE loss, export an official-format checkpoint. "
-        "embed and train run under torchrun: torchrun --nproc_per_node K -m repvit_sam distill ...",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Decoupled distillation (MobileSAM / RepViT-SAM): store a teacher's image embeddings, train a
+    student encoder on them with an MSE loss, export an official-format checkpoint. embed and train
+    run under torchrun: torchrun --nproc_per_node K -m repvit_sam distill ..."""
     dsub = p.add_subparsers(dest="distill_command", metavar="STEP", parser_class=type(p))
     dsub.required = True
 
@@ -57,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--limit", type=_positive, help="only the first N images (sorted by name)")
     e.add_argument("--workers", type=int, default=2, help="image-decoding worker processes per rank (default 2)")
     e.add_argument("--device", help="cpu or cuda (default: this rank's GPU when there is one)")
-    e.set_defaults(func=_run("embed"))
+    e.set_defaults(step=_run("embed"))
 
     t = dsub.add_parser("train", help="train a student image encoder on stored teacher embeddings (DDP under torchrun)")
     t.add_argument("--embeddings", type=Path, required=True, help="folder written by `distill embed`")
@@ -86,10 +82,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-verify", action="store_true", help="skip the shards' SHA-256 check")
     t.add_argument("--workers", type=int, default=2, help="data-loading worker processes per rank (default 2)")
     t.add_argument("--device", help="cpu or cuda (default: this rank's GPU when there is one)")
-    t.set_defaults(func=_run("train"))
+    t.set_defaults(step=_run("train"))
 
     x = dsub.add_parser("export", help="run -> official-format checkpoint (student encoder + teacher decoder)")
     x.add_argument("--run", type=Path, required=True, help="run folder of `distill train`")
     x.add_argument("--teacher-checkpoint", type=Path, required=True, help="the teacher's full SAM checkpoint (prompt encoder, mask decoder)")
     x.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write")
-    x.set_defaults(func=_run("export"))
+    x.set_defaults(step=_run("export"))
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.step(args))
+

@@ -62,15 +62,15 @@ def run_coreml(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One sub-command per format; each sets ``step``, the function ``run`` calls."""
+    from ..cli import add_model_args, add_output_arg
 
-    p = sub.add_parser("export", help="export a model to ONNX or Core ML", description="Export a model's image encoder and prompt decoder for other runtimes (docs/export.md).")
     fmt = p.add_subparsers(dest="format", metavar="FORMAT", parser_class=type(p))
     fmt.required = True
 
     o = fmt.add_parser("onnx", help="encoder.onnx + decoder.onnx (segment_anything's decoder interface)", description=run_onnx.__doc__)
-    o.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    add_output_arg(o, "output folder")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     o.add_argument("--preprocess", action="store_true",
                    help="the encoder takes the resized RGB image (1, 3, h, w) in 0..255 and normalises and pads it itself")
@@ -78,12 +78,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="static output size: masks come as (1, 4, S, S) over the padded input square (crop and resize them yourself)")
     o.add_argument("--only", choices=("encoder", "decoder"), help="export one part only")
     add_model_args(o)
-    o.set_defaults(func=run_onnx)
+    o.set_defaults(step=run_onnx)
 
     c = fmt.add_parser("coreml", help="encoder.mlpackage + decoder.mlpackage (run on macOS)", description=run_coreml.__doc__)
-    c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    add_output_arg(c, "output folder")
     c.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="compute precision (default fp16)")
     c.add_argument("--max-points", type=int, default=16, help="largest number of points the decoder accepts (default 16)")
     c.add_argument("--only", choices=("encoder", "decoder"), help="export one part only")
     add_model_args(c)
-    c.set_defaults(func=run_coreml)
+    c.set_defaults(step=run_coreml)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.step(args))
+

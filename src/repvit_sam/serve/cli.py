@@ -65,7 +65,7 @@ def build_model(args: argparse.Namespace):
     return load_model(args)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Start the web demo: open the printed address in a browser."""
     import sys
 
@@ -94,15 +94,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Serve one page and a JSON API (OpenAPI at /docs): open or drop an image, click to segment.
+    Each image is embedded once; each click is one decoder pass."""
     from ..backends import BACKENDS
     from ..cli import add_model_args
 
-    p = sub.add_parser(
-        "serve", help="web demo: click to segment in the browser",
-        description="Serve one page and a JSON API (OpenAPI at /docs): open or drop an image, click to segment. "
-        "Each image is embedded once; each click is one decoder pass.",
-    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     add_model_args(p)
@@ -116,7 +113,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-size", type=positive_int, default=16, help="embedded images kept in memory, LRU (default 16)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default info)")
-    p.set_defaults(func=cmd_serve)
 
 
-__all__ = ["add_parser", "cmd_serve"]
+__all__ = ["add_arguments", "run"]
