@@ -120,6 +120,8 @@ COMMANDS = (
     Command("distill", "train your own RepViT-SAM from a SAM teacher (embed, train, export)", ".distill.cli"),
     Command("eval", "zero-shot benchmarks: COCO, LVIS, SegInW, BSDS, DUTS, MVTec", ".evaluation.cli"),
     Command("serve", "web demo: click to segment in the browser", ".serve.cli"),
+    Command("synth", "write a synthetic data set, deterministic in --seed: 'images' (PNG + COCO instances JSON + "
+            "SA-1B JSON per image) or 'video' (DAVIS 2017 layout + YouTube-VIS-style JSON)", ".synthetic.cli"),
 )
 
 
