@@ -109,7 +109,7 @@ class Command:
         mod = self.load()
         p = sub.add_parser(self.name, help=self.help, description=self.help)
         mod.add_arguments(p)
-        p.set_defaults(run=mod.run)
+        p.set_defaults(handler=mod.run)  # not "run": a command may have a --run option
 
 
 COMMANDS = (
@@ -142,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return EXIT_USAGE
-        return int(args.run(args))
+        return int(args.handler(args))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
