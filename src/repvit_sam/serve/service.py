@@ -101,12 +101,17 @@ class ImageEntry:
     """An embedded image: everything a prompt needs, not the pixels."""
 
     image_id: str
-    width: int
-    height: int
-    features: torch.Tensor
-    input_size: Tuple[int, int]
+    embedding: ImageEmbedding
     everything_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     progress: Progress = field(default_factory=Progress)
+
+    @property
+    def height(self) -> int:
+        return int(self.embedding.original_size[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.embedding.original_size[1])
 
 
 class _NoLock:
@@ -130,7 +135,7 @@ class _EmbeddedPredictor(SamPredictor):
         e = self._entry
         if tuple(image.shape[:2]) != (e.height, e.width):  # crops would need their own embedding
             raise RuntimeError("the server's mask generator works on the whole image only (crop_n_layers=0)")
-        self.set_embedding(e.features, (e.height, e.width), e.input_size)
+        self.set_embedding(e.embedding.features, e.embedding.original_size, e.embedding.input_size)
 
     def predict_torch(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         with self._lock:
@@ -179,8 +184,7 @@ class SegmentationService:
         with self.model_lock, torch.inference_mode():
             emb = self.predictor.embed(image)
             self.encoder_calls += 1
-        (h, w) = emb.original_size
-        return ImageEntry(image_id, int(w), int(h), emb.features, emb.input_size)
+        return ImageEntry(image_id, emb)
 
     def get(self, image_id: str) -> Optional[ImageEntry]:
         return self.cache.get(image_id)
@@ -206,8 +210,7 @@ class SegmentationService:
             coords, labels = arr[:, :2], arr[:, 2].astype(np.int64)
         box_arr = None if box is None else np.asarray(box, dtype=np.float64)
         with self.model_lock, torch.inference_mode():
-            emb = ImageEmbedding(entry.features, (entry.height, entry.width), entry.input_size)
-            masks, scores, _ = self.predictor.predict_on(emb, coords, labels, box_arr, None, multimask, False)
+            masks, scores, _ = self.predictor.predict_on(entry.embedding, coords, labels, box_arr, None, multimask, False)
         return [mask_to_rle(m) for m in masks], [_finite(s) for s in scores]
 
     def everything(
