@@ -92,12 +92,3 @@ def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
 
-
-def box_xywh(mask: np.ndarray) -> list:
-    """segment-anything's XYWH of a mask: [x_min, y_min, x_max - x_min, y_max - y_min] over the
-    covered pixel indices ([0, 0, 0, 0] for an empty mask)."""
-    box = mask_box(mask)
-    if box is None:
-        return [0, 0, 0, 0]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    return [x0, y0, x1 - x0, y1 - y0]
