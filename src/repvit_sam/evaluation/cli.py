@@ -14,6 +14,8 @@ HELP = {
     "bsds-edge": "zero-shot edge detection on BSDS500: ODS, OIS, AP, R50",
     "duts-sod": "salient-object segmentation on DUTS-TE: MAE, S-measure, max F",
     "mvtec-ad": "zero-shot anomaly segmentation on MVTec-AD: pixel max-F1",
+    "davis": "semi-supervised video object segmentation on DAVIS 2017: J&F (tracks, or scores --results)",
+    "uvo": "open-world video instance segmentation on UVO (YouTube-VIS-style JSON): AR100 by spatio-temporal IoU",
 }
 
 
@@ -113,6 +115,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--categories", help="comma-separated categories (default: all under ROOT)")
     t.add_argument("--max-area", type=_fraction, default=0.1, help="largest defect candidate, as a fraction of the image (default 0.1)")
 
+    from .tasks.video_cli import add_video_tasks
+
+    add_video_tasks(tasks, _task)
     p.set_defaults(func=run)
 
 
@@ -151,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
     task = getattr(args, "eval_task", None)
     if task is None:
         raise _cli.UsageError("eval: name a TASK: " + ", ".join(HELP))
+    if task in ("davis", "uvo"):
+        from .tasks.video_cli import run_video_task
+
+        return run_video_task(args)
     prompts = None
     if task == "coco-prompt":
         prompts = [s.strip() for s in args.prompts.split(",") if s.strip()]
