@@ -47,6 +47,7 @@ to every point prompt without a box.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
@@ -210,6 +211,7 @@ class VideoPredictor:
         self.decoder = FastDecoder(model, dtype=dtype)
         self.transform = self.predictor.transform
         self.frames_encoded = 0  # image-encoder calls, for tests and the benchmark
+        self.encode_seconds = 0.0  # wall time of those calls (set_image: resize, normalise, encode)
         self._features: Optional[torch.Tensor] = None
         self._sizes: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
 
@@ -221,8 +223,12 @@ class VideoPredictor:
     def _set_frame(self, index: int, frame: np.ndarray, cache: Optional[Dict[int, torch.Tensor]]) -> None:
         features = None if cache is None else cache.get(index)
         if features is None:
+            start = time.perf_counter()
             self.predictor.set_image(frame)
             features = self.predictor.get_image_embedding()
+            if features.is_cuda:
+                torch.cuda.synchronize(features.device)
+            self.encode_seconds += time.perf_counter() - start
             self._sizes = (tuple(self.predictor.original_size), tuple(self.predictor.input_size))  # type: ignore[assignment]
             self.frames_encoded += 1
         self._features = features
