@@ -13,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-MAX_SAMPLES = 2000  # mask pixels K-Medoids runs on (a fixed-seed random subset of larger masks)
-MAX_REFERENCE = 500  # a medoid update sums distances to at most this many members of its cluster
+MAX_SAMPLES = 600  # mask pixels K-Medoids runs on (a fixed-seed random subset of larger masks)
+MAX_REFERENCE = 200  # a medoid update sums distances to at most this many members of its cluster
 
 
 def kmedoids(coords: np.ndarray, k: int, seed: int = 0, iterations: int = 20) -> np.ndarray:

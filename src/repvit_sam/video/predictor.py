@@ -325,39 +325,46 @@ class VideoPredictor:
         return F.normalize(w @ feats.T, dim=1)
 
     # ------------------------------------------------------------------ per frame
-    def _start(self, p: ObjectPrompt) -> Tuple[_Object, float]:
-        """An object's state on its prompted frame."""
+    def _start(self, prompts: List[ObjectPrompt]) -> List[_Object]:
+        """The states of objects prompted on this frame."""
         opt = self.options
-        if p.mask is not None:
-            mask, score = p.mask, 1.0
-        else:
-            pts = np.zeros((0, 2)) if p.points is None else self._to_input(p.points)
-            lab = np.zeros((0,), dtype=np.int64) if p.labels is None else p.labels
-            box = None if p.box is None else self.transform.apply_boxes(p.box, self.original_size)
-            multimask = p.box is None and len(pts) == 1
-            low, iou = self._decode([pts], [lab], box, multimask=multimask)
-            k = int(iou[0].argmax())
-            low, iou = low[:, k : k + 1], iou[:, k : k + 1]
-            low, iou = self._refine(low, iou, [pts], [lab]) if opt.refine_iters and p.box is None else (low, iou)
-            mask, score = self._upscale(low)[0], float(iou[0, 0])
-        obj = _Object(p.obj_id, mask, torch.zeros(0), score, None)
-        if mask.any():
-            self._initialise(obj, with_logits=True)
-        return obj, score
+        objs = []
+        for p in prompts:
+            if p.mask is not None:
+                mask, score = p.mask, 1.0
+            else:
+                pts = np.zeros((0, 2)) if p.points is None else self._to_input(p.points)
+                lab = np.zeros((0,), dtype=np.int64) if p.labels is None else p.labels
+                box = None if p.box is None else self.transform.apply_boxes(p.box, self.original_size)
+                multimask = p.box is None and len(pts) == 1
+                low, iou = self._decode([pts], [lab], box, multimask=multimask)
+                k = int(iou[0].argmax())
+                low, iou = low[:, k : k + 1], iou[:, k : k + 1]
+                low, iou = self._refine(low, iou, [pts], [lab]) if opt.refine_iters and p.box is None else (low, iou)
+                mask, score = self._upscale(low)[0], float(iou[0, 0])
+            objs.append(_Object(p.obj_id, mask, torch.zeros(0), score, None))
+        self._initialise([o for o in objs if o.mask.any()], with_logits=True)
+        return objs
 
-    def _initialise(self, obj: _Object, with_logits: bool = False) -> None:
-        """(Re-)initialise an object from its current mask: query points, prototype (first
-        time), and low-res logits from its query points and box (``with_logits``)."""
+    def _initialise(self, objs: List[_Object], with_logits: bool = False) -> None:
+        """(Re-)initialise objects from their current masks: query points, prototype (first
+        time), and low-res logits decoded from their query points and box (``with_logits``)."""
+        if not objs:
+            return
         opt = self.options
-        obj.points, obj.labels = query_points(obj.mask, opt.positive_points, opt.negative_points, opt.seed)
-        obj.visible = np.ones(len(obj.points), dtype=bool)
-        obj.age = 0
-        if obj.proto is None:
-            obj.proto = self._prototypes(obj.mask[None])[0]
+        for o in objs:
+            o.points, o.labels = query_points(o.mask, opt.positive_points, opt.negative_points, opt.seed)
+            o.visible = np.ones(len(o.points), dtype=bool)
+            o.age = 0
+        new = [o for o in objs if o.proto is None]
+        if new:
+            for o, proto in zip(new, self._prototypes(np.stack([o.mask for o in new]))):
+                o.proto = proto
         if with_logits:
-            box = self.transform.apply_boxes(mask_box(obj.mask), self.original_size)
-            low, _ = self._decode([self._to_input(obj.points)], [obj.labels], box)
-            obj.low = low[0, :1]
+            boxes = np.stack([self.transform.apply_boxes(mask_box(o.mask), self.original_size)[0] for o in objs])
+            low, _ = self._decode([self._to_input(o.points) for o in objs], [o.labels for o in objs], boxes)
+            for o, lo in zip(objs, low):
+                o.low = lo[:1]
 
     def _step_points(self, objs: List[_Object]) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
         """SAM-PT on this frame for objects with tracked points: {id: (mask, score, low)}."""
@@ -498,24 +505,25 @@ class VideoPredictor:
                         taken = np.zeros(self.original_size, dtype=bool)
                         for m, _, _ in results.values():
                             taken |= m
-                        for k, r in self._redetect(empty, taken).items():
+                        found = self._redetect(empty, taken)
+                        for k, r in found.items():
                             results[k] = r
                             objs[k].mask = r[0]
-                            self._initialise(objs[k])
-                            if tracker is not None:
+                        self._initialise([objs[k] for k in found])
+                        if tracker is not None:
+                            for k in found:
                                 tracker.set_points(k, objs[k].points)
                 for k, (m, s, low) in results.items():
                     o = objs[k]
                     o.mask, o.score, o.low = m, s, low
                     o.age += 1
-            for p in joining.get(t, []):
-                obj, score = self._start(p)
-                objs[p.obj_id] = obj
-                results[p.obj_id] = (obj.mask, score, obj.low)
+            for obj in self._start(joining.get(t, [])):
+                objs[obj.obj_id] = obj
+                results[obj.obj_id] = (obj.mask, obj.score, obj.low)
                 if tracker is not None and obj.points is not None:
-                    tracker.set_points(p.obj_id, obj.points)
+                    tracker.set_points(obj.obj_id, obj.points)
             if use_points:
-                self._maybe_reinit(objs, tracker, results)
+                self._maybe_reinit(objs, tracker)
             shown = {}
             if use_points:
                 for k, o in objs.items():
@@ -524,18 +532,21 @@ class VideoPredictor:
                         shown[k] = (o.points[v], o.labels[v])
             yield FrameResult(t, {k: r[0] for k, r in results.items()}, {k: r[1] for k, r in results.items()}, shown)
 
-    def _maybe_reinit(self, objs: Dict[int, _Object], tracker: Optional[PointTracker], results: Dict[int, tuple]) -> None:
+    def _maybe_reinit(self, objs: Dict[int, _Object], tracker: Optional[PointTracker]) -> None:
+        """Re-initialise query points every ``reinit_every`` frames, or when too few are visible."""
         opt = self.options
-        for k, o in objs.items():
+        due = []
+        for o in objs.values():
             if o.points is None or not o.mask.any() or o.age == 0:
                 continue
             pos = o.labels == 1
             frac = float(o.visible[pos].mean()) if pos.any() else 0.0
-            due = opt.reinit_every > 0 and o.age >= opt.reinit_every
-            if due or frac < opt.reinit_below:
-                self._initialise(o)
-                if tracker is not None:
-                    tracker.set_points(k, o.points)
+            if (opt.reinit_every > 0 and o.age >= opt.reinit_every) or frac < opt.reinit_below:
+                due.append(o)
+        self._initialise(due)
+        if tracker is not None:
+            for o in due:
+                tracker.set_points(o.obj_id, o.points)
 
     def propagate(self, frames: FramesLike, prompts: Prompts, direction: str = "both") -> Iterator[FrameResult]:
         """Yield a :class:`FrameResult` for every frame the sweeps reach (see the module
