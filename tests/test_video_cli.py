@@ -86,6 +86,7 @@ def test_track_bad_input_one_line(davis, ckpt, tmp_path, capsys):
         (["track", seq, "--mask", f"0,{ann}", "--point", "2,10,10,1,1"], "object id 1 is already prompted on frame 2"),
         (["track", seq], "give at least one --point, --box or --mask"),
         (["track", seq, "--point", "0,10"], "--point takes 3..5 numbers"),
+        (["track", seq, "--point", "0,10,10,1,300"], "object id 300 is too large"),
     ]
     small = tmp_path / "small.png"
     Image.fromarray(np.ones((20, 30), np.uint8) * 255).save(small)

@@ -153,6 +153,8 @@ def build_prompts(args: argparse.Namespace, size: Tuple[int, int]):
         raise UsageError(str(e)) from None
     if not len(prompts):
         raise UsageError("track: give at least one --point, --box or --mask")
+    if max(prompts.objects) > 255:
+        raise UsageError(f"object id {max(prompts.objects)} is too large: ids are 1..255 (palette indices of the mask PNGs)")
     return prompts
 
 
