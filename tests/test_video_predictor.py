@@ -14,13 +14,7 @@ from repvit_sam.synthetic import make_video
 from repvit_sam.video import FrameError, Prompts, VideoOptions, VideoPredictor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

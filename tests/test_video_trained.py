@@ -20,12 +20,7 @@ from repvit_sam.video import Prompts, VideoOptions, VideoPredictor
 SEEDS = range(6)  # held-out sequences: seed 77 of the synthetic world, items 0..5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

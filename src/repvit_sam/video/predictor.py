@@ -390,12 +390,7 @@ class VideoPredictor:
             p2.append(np.concatenate([p, negs]))
             l2.append(np.concatenate([np.ones(len(p), dtype=np.int64), np.zeros(len(negs), dtype=np.int64)]))
         low, iou = self._decode(p2, l2, low=low)
-        low, iou = self._refine(low, iou, p2, l2)
-        masks = self._upscale(low)
-        for i, o in enumerate(active):
-            score = float(iou[i, 0])
-            keep = score >= opt.iou_threshold
-            out[o.obj_id] = (masks[i] if keep else np.zeros_like(masks[i]), score if keep else 0.0, low[i] if keep else o.low)
+        out.update(self._finish(active, *self._refine(low, iou, p2, l2)))
         return out
 
     def _step_mask(self, objs: List[_Object]) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
@@ -412,12 +407,20 @@ class VideoPredictor:
         labs = [np.ones(len(p), dtype=np.int64) for p in pts]
         boxes = np.stack([self.transform.apply_boxes(mask_box(o.mask), self.original_size)[0] for o in active])
         low, iou = self._decode(pts, labs, boxes, low=torch.stack([o.low for o in active]))
-        low, iou = self._refine(low, iou, pts, labs)
+        out.update(self._finish(active, *self._refine(low, iou, pts, labs)))
+        return out
+
+    def _finish(self, objs: List[_Object], low: torch.Tensor, iou: torch.Tensor) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
+        """Final masks at the frame size; below ``iou_threshold`` a mask is empty (score 0) and
+        the object keeps its previous logits."""
         masks = self._upscale(low)
-        for i, o in enumerate(active):
+        out = {}
+        for i, o in enumerate(objs):
             score = float(iou[i, 0])
-            keep = score >= opt.iou_threshold
-            out[o.obj_id] = (masks[i] if keep else np.zeros_like(masks[i]), score if keep else 0.0, low[i] if keep else o.low)
+            if score >= self.options.iou_threshold:
+                out[o.obj_id] = (masks[i], score, low[i])
+            else:
+                out[o.obj_id] = (np.zeros_like(masks[i]), 0.0, o.low)
         return out
 
     @torch.no_grad()
