@@ -83,7 +83,7 @@ def measure(model, backend: str, frames, id_maps, objects: int, options) -> Dict
             p.add(0, k, mask=id_maps[0] == k)
         return p
 
-    for _ in vp.propagate(list(frames[:3]), prompts(), "forward"):  # warm-up (backend, caches, allocator)
+    for _ in vp.propagate(list(frames[:2]), prompts(), "forward"):  # warm-up (backend, caches, allocator)
         pass
     vp.encode_seconds, vp.frames_encoded = 0.0, 0
     nonempty = 0
