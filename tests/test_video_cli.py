@@ -82,6 +82,8 @@ def test_track_bad_input_one_line(davis, ckpt, tmp_path, capsys):
         (["track", seq], "give at least one --point, --box or --mask"),
         (["track", seq, "--point", "0,10"], "--point takes 3..5 numbers"),
         (["track", seq, "--point", "0,10,10,1,300"], "object id 300 is too large"),
+        (["track", seq, "--point", "0,10,10", "--video-out", "x.gif"], "--video-out x.gif: use one of"),
+        (["track", seq, "--point", "0,10,10", "--refine-iters", "-1"], "refine_iters must be >= 0"),
     ]
     small = tmp_path / "small.png"
     Image.fromarray(np.ones((20, 30), np.uint8) * 255).save(small)

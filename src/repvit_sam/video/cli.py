@@ -183,8 +183,13 @@ def run(args: argparse.Namespace) -> int:
     options = from_args(args)
     if not args.video.exists():
         raise UsageError(f"track: video not found: {args.video}")
-    if args.video_out != "none" and Path(args.video_out).name != args.video_out:
-        raise UsageError(f"--video-out is a file name inside OUT, got {args.video_out!r}")
+    if args.video_out != "none":
+        from .output import VIDEO_CODECS
+
+        if Path(args.video_out).name != args.video_out:
+            raise UsageError(f"--video-out is a file name inside OUT, got {args.video_out!r}")
+        if Path(args.video_out).suffix.lower() not in VIDEO_CODECS:
+            raise UsageError(f"--video-out {args.video_out}: use one of {', '.join(VIDEO_CODECS)} (or none)")
     try:
         src = open_frames(args.video)
     except FrameError as e:

@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("tracking (VideoOptions)")
     for f in dataclasses.fields(VideoOptions):
         kind = {"int": int, "float": float, "bool": _bool, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        g.add_argument("--" + f.name.replace("_", "-"), dest=f"video_{f.name}", type=kind, default=f.default,
+        metavar = None if f.metadata.get("choices") else {int: "N", float: "X", str: "S"}.get(kind, "BOOL")
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f"video_{f.name}", type=kind, default=f.default, metavar=metavar,
                        choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default {f.default})")
 
 
