@@ -145,3 +145,18 @@ def test_options_are_checked():
         VideoOptions(iou_threshold=1.5)
     with pytest.raises(ValueError, match="positive_points must be at least 1"):
         VideoOptions(positive_points=0)
+
+
+def test_label_map_gives_overlaps_to_the_higher_score():
+    from repvit_sam.video.predictor import FrameResult
+
+    a = np.zeros((4, 5), bool)
+    a[:, :3] = True
+    b = np.zeros((4, 5), bool)
+    b[:, 2:] = True
+    labels = FrameResult(0, {1: a, 2: b}, {1: 0.6, 2: 0.9}).label_map()
+    np.testing.assert_array_equal(labels[0], [1, 1, 2, 2, 2])  # column 2 is b's (0.9 > 0.6)
+    labels = FrameResult(0, {1: a, 2: b}, {1: 0.9, 2: 0.9}).label_map()
+    np.testing.assert_array_equal(labels[0], [1, 1, 1, 2, 2])  # a tie goes to the lower id
+    with pytest.raises(ValueError, match="ids 1..255"):
+        FrameResult(0, {300: a}, {300: 1.0}).label_map()
