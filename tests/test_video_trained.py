@@ -1,4 +1,4 @@
-"""Shown to work: tracking synthetic videos with a trained tiny model (tests/data/trained).
+"""Shown to work: tracking synthetic videos with a trained tiny model (tests/data/video_tracker).
 
 Synthetic sequences (repvit_sam.synthetic.make_video, 320x240, exact masks) tracked from their
 first-frame masks and scored with the DAVIS metrics: point tracking reaches J&F >= 0.8; an
@@ -25,17 +25,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def trained_model():
-    """The trained tiny student (tests/data/trained, made on the train branch)."""
+    """The stop-gap tiny tracker of tests/data/video_tracker (python -m repvit_sam.video.fixture):
+    tiny_repvit trained on synthetic video frames (seed 1000; the sequences here are other seeds)."""
     import json
     from pathlib import Path
 
     from repvit_sam import build_sam
 
-    root = Path(__file__).parent / "data" / "trained"
-    if not (root / "models.json").is_file():
-        pytest.skip("tests/data/trained is not merged into this branch yet")
-    variant = json.loads((root / "models.json").read_text())["models"]["student.pt"]["variant"]
-    return build_sam(variant, checkpoint=root / "student.pt").eval()
+    root = Path(__file__).parent / "data" / "video_tracker"
+    record = json.loads((root / "model.json").read_text())
+    return build_sam(record["variant"], checkpoint=root / record["file"]).eval()
 
 
 @pytest.fixture(scope="module")
