@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-TASKS = ("encoder", "decoder", "everything")
+TASKS = ("encoder", "decoder", "everything", "video")
 DEFAULT_MODELS = ("repvit", "vit_t")
 RESULT_KEYS = ("model", "backend", "median_ms", "min_ms", "max_ms", "peak_mb", "gflop", "peak_fraction", "cosine", "rel_err")
 
@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", nargs="+", metavar="NAME",
                    help="image-encoder backends (default: every one available here); eager always runs first, as the reference")
     p.add_argument("--task", nargs="+", choices=TASKS, default=["encoder", "decoder"],
-                   help="what to measure (default: encoder decoder); everything = the automatic mask generator")
+                   help="what to measure (default: encoder decoder); everything = the automatic mask generator; "
+                        "video = tracking on a 480p clip")
     p.add_argument("--runs", type=_count(1), default=5, help="timed calls per measurement (default 5)")
     p.add_argument("--warmup", type=_count(0), default=1, help="untimed calls before them (default 1)")
     p.add_argument("--size", type=_count(16), default=1024, help="input side in pixels, a multiple of 16 (default 1024)")
@@ -91,6 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--points-per-side", type=_count(1), default=32, help="grid points per side (default 32)")
     e.add_argument("--filters", choices=sorted(FILTERS), default="default",
                    help="default: segment_anything's thresholds; none: every mask kept (the slow case)")
+    from .video.bench import add_arguments as add_video_arguments
+
+    add_video_arguments(p)
 
 
 def _build_model(name: str, size: int, pretrained: bool) -> "nn.Module":
@@ -160,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
 
             write_json_atomic(args.json, report)
             print(f"wrote {args.json}", file=sys.stderr)
+    if "video" in tasks:
+        from .video import bench as video_bench
+
+        code = video_bench.main(args)
+        if "everything" not in tasks:
+            return code
     if "everything" in tasks:
         args.bench_report = report  # what the encoder/decoder tasks measured, for a combined report
         try:

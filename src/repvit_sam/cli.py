@@ -118,8 +118,10 @@ COMMANDS = (
     Command("bench", "latency of every image-encoder backend side by side, and of the mask decoder", ".bench"),
     Command("export", "export a model to ONNX or Core ML", ".export.cli"),
     Command("distill", "train your own RepViT-SAM from a SAM teacher (embed, train, export)", ".distill.cli"),
-    Command("eval", "zero-shot benchmarks: COCO, LVIS, SegInW, BSDS, DUTS, MVTec", ".evaluation.cli"),
+    Command("finetune", "fine-tune a model on your own instance masks with box / point prompts and correction clicks", ".train.finetune"),
+    Command("eval", "zero-shot benchmarks: COCO, LVIS, SegInW, BSDS, DUTS, MVTec; DAVIS 2017, UVO", ".evaluation.cli"),
     Command("serve", "web demo: click to segment in the browser", ".serve.cli"),
+    Command("track", "track objects through a video (folder of frames or video file) from point, box or mask prompts", ".video.cli"),
     Command("synth", "write a synthetic data set, deterministic in --seed: 'images' (PNG + COCO instances JSON + "
             "SA-1B JSON per image) or 'video' (DAVIS 2017 layout + YouTube-VIS-style JSON)", ".synthetic.cli"),
 )

@@ -18,7 +18,7 @@ from typing import Dict
 from ..utils import positive_int
 
 # One row per task: the module under repvit_sam.evaluation.tasks that defines it.
-TASKS = ("coco_prompt", "coco_ap", "bsds_edge", "duts_sod", "mvtec_ad")
+TASKS = ("coco_prompt", "coco_ap", "bsds_edge", "duts_sod", "mvtec_ad", "davis", "uvo")
 
 HELP = "zero-shot benchmarks (image and video): mIoU, mask AP, edges, saliency, anomalies"
 
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if name is None:
         raise _cli.UsageError("eval: name a TASK: " + ", ".join(tasks))
     task = tasks[name]
+    if hasattr(task, "main"):
+        return int(task.main(args))
     data = task.load(args)
 
     from ..hub import cache_dir, cached_path

@@ -24,6 +24,7 @@ class TaskResult:
     overall: Dict[str, Any]
     per_image: List[Dict[str, Any]]
     table: List[Tuple[str, Dict[str, float]]] = field(default_factory=list)
+    unit: str = "images"  # what per_image holds one record of ("sequences" / "videos" for video tasks)
 
 
 def progress(items: Iterable[Any], desc: str, total: Optional[int] = None, enabled: bool = True):
