@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained_model():
+def tracker_model():
     """The stop-gap tiny tracker of tests/data/video_tracker (python -m repvit_sam.video.fixture):
     tiny_repvit trained on synthetic video frames (seed 1000; the sequences here are other seeds)."""
     import json
@@ -58,14 +58,14 @@ def jf(model, videos, options):
 
 
 @pytest.mark.slow
-def test_point_tracking_reaches_jf_08(trained_model, videos):
-    s = jf(trained_model, videos, VideoOptions(strategy="points"))
+def test_point_tracking_reaches_jf_08(tracker_model, videos):
+    s = jf(tracker_model, videos, VideoOptions(strategy="points"))
     assert s["J&F-Mean"] >= 0.8, s
 
 
 @pytest.mark.slow
-def test_mask_propagation_scores(trained_model, videos):
-    s = jf(trained_model, videos, VideoOptions(strategy="mask"))
+def test_mask_propagation_scores(tracker_model, videos):
+    s = jf(tracker_model, videos, VideoOptions(strategy="mask"))
     assert s["J&F-Mean"] >= 0.6, s
 
 
@@ -78,9 +78,9 @@ def per_frame_j(pred, gt, k):
     return np.array(out)
 
 
-def test_leave_and_reenter(trained_model):
+def test_leave_and_reenter(tracker_model):
     v = make_video(scene_rng(78, 0, "video"), 240, 320, num_frames=32, num_objects=2, reenter=True)
-    pred = track(trained_model, v, VideoOptions(strategy="points", refine_iters=2))
+    pred = track(tracker_model, v, VideoOptions(strategy="points", refine_iters=2))
     present = (v.id_maps == 1).reshape(len(v.frames), -1).any(1)
     gone = np.flatnonzero(~present)
     back = np.flatnonzero(present & (np.arange(len(present)) > gone.max()))
@@ -90,14 +90,14 @@ def test_leave_and_reenter(trained_model):
     assert j[back[len(back) // 2 :]].mean() >= 0.6  # found again after re-entering
 
 
-def test_keeps_object_through_occlusion(trained_model):
+def test_keeps_object_through_occlusion(tracker_model):
     v = make_video(scene_rng(79, 0, "video"), 240, 320, num_frames=32, num_objects=3, reenter=False)
     visible = np.stack([(v.id_maps == k).reshape(len(v.frames), -1).sum(1) for k in range(1, 4)], 1)
     frac = visible / np.maximum(v.full_areas, 1)
     k = int(frac.min(0).argmin()) + 1
     t_occ = int(frac[:, k - 1].argmin())
     assert frac[t_occ, k - 1] < 0.5  # object k is at least half hidden at t_occ
-    pred = track(trained_model, v, VideoOptions(strategy="points", refine_iters=2))
+    pred = track(tracker_model, v, VideoOptions(strategy="points", refine_iters=2))
     j = per_frame_j(pred, v.id_maps, k)
     after = np.arange(len(v.frames)) > t_occ
     assert j[after & (frac[:, k - 1] > 0.9)].mean() >= 0.6
