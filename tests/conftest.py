@@ -111,5 +111,5 @@ def held_out_synthetic(out, count: int = 20):
 
 @pytest.fixture(scope="session")
 def synthetic_held_out(tmp_path_factory):
-    """The first 20 images of the held-out synthetic set (see :func:`held_out_synthetic`)."""
-    return held_out_synthetic(tmp_path_factory.mktemp("held_out") / "synth", 20)
+    """The first 10 images of the held-out synthetic set (see :func:`held_out_synthetic`)."""
+    return held_out_synthetic(tmp_path_factory.mktemp("held_out") / "synth", 10)

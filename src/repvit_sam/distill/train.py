@@ -264,6 +264,9 @@ def _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, 
     tcfg = model_config(store.index["teacher"])
     if tcfg.decoder != cfg.decoder:
         raise DataError(f"teacher {store.index['teacher']!r} and student {args.student!r} have different prompt encoder / mask decoder configs")
+    if args.annotations is None and not any(Path(args.images).glob("*.json")):
+        raise DataError(f"--phase prompt needs instance masks for its prompts: no SA-1B JSONs beside the images in {args.images}; "
+                        "pass --annotations (COCO JSON, SA-1B folder or mask PNGs)")
     entries, layout = read_entries(args.annotations or args.images, args.images)
     by_key = {e.key: e for e in entries}
     keys = store.keys
