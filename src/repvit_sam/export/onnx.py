@@ -25,7 +25,6 @@ dynamic point axis from ``dynamic_axes`` and the data-dependent crop / resize to
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..modeling.sam import Sam
+from .manifest import file_sha256  # noqa: F401  (re-exported: coreml and mobile use it from here too)
 
 DEFAULT_OPSET = 17
 ENCODER_FILE = "encoder.onnx"
@@ -163,14 +163,6 @@ def publish(tmp: Path, out: Path, names) -> None:
 def check_parts(encoder: bool, decoder: bool) -> None:
     if not (encoder or decoder):
         raise ExportError("nothing to export: both the encoder and the decoder were left out")
-
-
-def file_sha256(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def require(module: str, extra: str = "export"):
