@@ -88,6 +88,41 @@ def _import_litert() -> Any:
     return interpreter
 
 
+def litert_runner(path: PathLike, num_threads: Optional[int] = None) -> Any:
+    """A ``.tflite`` file's default signature as ``run(**float32 arrays) -> {name: float32 array}``.
+    Inputs and outputs that the model keeps in int8 (an int8 export's image and embedding) are
+    quantised and dequantised here with the scale and zero point the file stores, so callers see
+    float32 either way."""
+    interpreter = _import_litert()
+    try:
+        it = interpreter.Interpreter(model_path=str(path), num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise MobileModelError(f"{path} could not be loaded by LiteRT: {str(e).strip().splitlines()[0]}") from None
+    runner = it.get_signature_runner()
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+
+    def to_input(name: str, value: np.ndarray) -> np.ndarray:
+        d = inputs[name]
+        if d["dtype"] == np.float32:
+            return np.ascontiguousarray(value, dtype=np.float32)
+        scale, zero = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(d["dtype"])
+
+    def from_output(name: str, value: np.ndarray) -> np.ndarray:
+        d = outputs[name]
+        if d["dtype"] == np.float32:
+            return value
+        scale, zero = d["quantization"]
+        return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def run(**feeds: np.ndarray) -> Dict[str, np.ndarray]:
+        out = runner(**{k: to_input(k, v) for k, v in feeds.items()})
+        return {k: from_output(k, v) for k, v in out.items()}
+
+    return run
+
+
 class LiteRTSamPredictor(_MobilePredictor):
     """``SamPredictor`` on a ``repvit-sam export tflite`` folder, on LiteRT's interpreter (XNNPACK
     delegate). ``num_threads``: interpreter threads (default: LiteRT's choice). Torch-free."""
@@ -96,18 +131,8 @@ class LiteRTSamPredictor(_MobilePredictor):
 
     def __init__(self, model_dir: PathLike, *, num_threads: Optional[int] = None, verify: bool = True) -> None:
         super().__init__(model_dir, verify=verify)
-        interpreter = _import_litert()
-
-        def runner(part: str) -> Any:
-            path = self._file(part)
-            try:
-                it = interpreter.Interpreter(model_path=str(path), num_threads=num_threads)
-            except (ValueError, RuntimeError) as e:
-                raise MobileModelError(f"{path} could not be loaded by LiteRT: {str(e).strip().splitlines()[0]}") from None
-            return it.get_signature_runner()
-
-        self.encoder = runner("encoder")
-        self.decoder = runner("decoder")
+        self.encoder = litert_runner(self._file("encoder"), num_threads)
+        self.decoder = litert_runner(self._file("decoder"), num_threads)
         self.reset_image()
 
     def _encode(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:

@@ -54,17 +54,25 @@ def lower(module: torch.nn.Module, example: Sequence[torch.Tensor]) -> bytes:
         return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
+def program(module: torch.nn.Module, example: Sequence[torch.Tensor], quantize: Optional[str] = None,
+            calibration: Optional[Sequence[Sequence[torch.Tensor]]] = None, log: Callable[[str], None] = lambda _m: None) -> bytes:
+    """``module`` as ``.pte`` bytes, fp32 or (``quantize="int8"``) quantised after calibration
+    on ``calibration`` (a list of input tuples like ``example``)."""
+    example = tuple(example)
+    if quantize == "int8":
+        if not calibration:
+            raise ExportError("int8: the calibration set is empty")
+        require("executorch", MOBILE_EXTRA)
+        q = quantize_pt2e(module, example, _xnnpack_quantizer(), calibration, log)
+        return lower(capture(q, example), example)
+    return lower(module, example)
+
+
 def encoder_program(model: Sam, *, preprocess: bool = False, quantize: Optional[str] = None,
                     calibration: Optional[Sequence[Sequence[torch.Tensor]]] = None, log: Callable[[str], None] = lambda _m: None) -> bytes:
     """The image encoder as ``.pte`` bytes; ``quantize="int8"`` needs ``calibration`` (encoder inputs)."""
     enc = MobileImageEncoder(model, preprocess=preprocess).eval()
-    example = encoder_example(model, preprocess)
-    if quantize == "int8":
-        if not calibration:
-            raise ExportError("int8: the calibration set is empty")
-        q = quantize_pt2e(enc, example, _xnnpack_quantizer(), calibration, log)
-        return lower(capture(q, example), example)
-    return lower(enc, example)
+    return program(enc, encoder_example(model, preprocess), quantize, calibration, log)
 
 
 def decoder_program(model: Sam, max_points: int = DEFAULT_MAX_POINTS) -> bytes:

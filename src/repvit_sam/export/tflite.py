@@ -4,8 +4,9 @@ LiteRT's interpreter runs them on its default XNNPACK delegate.
 
 ``quantize``: ``None`` (fp32), ``"fp16"`` (weights stored as float16 by ai-edge-quantizer and
 widened when loaded: half the file; XNNPACK computes in fp32 on x86 and may use fp16 arithmetic
-on ARM) or ``"int8"`` (encoder: static int8 through PT2E with litert-torch's quantizer, per-channel
-weights, calibrated on a folder of images or scikit-image's sample photos; the decoder stays fp32).
+on ARM) or ``"int8"`` (encoder: static int8 by ai-edge-quantizer, per-channel int8 weights and int8
+activations whose ranges come from running the float model on a folder of images or on
+scikit-image's sample photos; the decoder stays fp32).
 
 Inputs and outputs are named as in the interface (``image``, ``image_embeddings``, ...), in the
 model's default signature. Conversion imports ``litert_torch`` (the ``mobile`` extra) inside the
@@ -27,8 +28,7 @@ from torch import nn
 from ..modeling.sam import Sam
 from .manifest import MOBILE_DECODER_INPUTS, MOBILE_DECODER_OUTPUTS
 from .mobile import (
-    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, calibration_set, capture, decoder_example, encoder_example,
-    mobile_metadata, quantize_pt2e,
+    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, calibration_set, decoder_example, encoder_example, mobile_metadata,
 )
 from .onnx import ExportError, check_parts, publish, require, staging
 
@@ -67,70 +67,88 @@ def convert(module: nn.Module, inputs: Dict[str, torch.Tensor], outputs: Sequenc
     """``module`` (called with ``inputs``' values in order) converted by litert-torch; the
     ``.tflite`` bytes."""
     litert_torch = require("litert_torch", MOBILE_EXTRA)
+    named = _Named(module, outputs)
+    named.training = False  # not .eval(): a quantised GraphModule refuses train / eval switches
     with _quiet(), torch.no_grad():
-        edge = litert_torch.convert(_Named(module, outputs).eval(), sample_kwargs=inputs, quant_config=quant_config)
+        edge = litert_torch.convert(named, sample_kwargs=inputs, quant_config=quant_config)
         return bytes(edge.model_content())
 
 
-def _fp16(data: bytes, tmp: Path) -> bytes:
-    """Weights of a converted model stored as float16 (ai-edge-quantizer's float casting)."""
+def _requantize(data: bytes, tmp: Path, configure: Callable[[Any, Any], None], calibration: Optional[List[Dict[str, Any]]] = None) -> bytes:
+    """``data`` (an fp32 ``.tflite``) through ai-edge-quantizer: ``configure(quantizer, (algorithm_manager,
+    qtyping))`` sets the recipe; ``calibration`` (signature inputs, numpy) runs the float model for ranges."""
     qz = require("ai_edge_quantizer", MOBILE_EXTRA)
     from ai_edge_quantizer import algorithm_manager, qtyping
 
-    src, dst = tmp / "fp32.tflite", tmp / "fp16.tflite"
+    src, dst = tmp / "float.tflite", tmp / "quantized.tflite"
     src.write_bytes(data)
     with _quiet():
         q = qz.quantizer.Quantizer(str(src))
+        configure(q, (algorithm_manager, qtyping))
+        result = q.calibrate({"serving_default": calibration}, num_threads=1) if calibration else None
+        q.quantize(result).export_model(str(dst), overwrite=True)
+    return dst.read_bytes()
+
+
+def _fp16(data: bytes, tmp: Path) -> bytes:
+    """Weights stored as float16 (ai-edge-quantizer's float casting), widened when loaded."""
+
+    def configure(q: Any, mods: Any) -> None:
+        algorithms, qtyping = mods
         q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
-                                 algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
-        q.quantize().export_model(str(dst), overwrite=True)
-    out = dst.read_bytes()
-    src.unlink()
-    dst.unlink()
-    return out
+                                 algorithm_key=algorithms.AlgorithmName.FLOAT_CASTING)
+
+    return _requantize(data, tmp, configure)
 
 
-def _int8_quantizer() -> Any:
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+def _int8(data: bytes, tmp: Path, calibration: List[Dict[str, Any]]) -> bytes:
+    """Static int8 (per-channel int8 weights, int8 activations) with ranges from running the
+    float model on ``calibration``: ai-edge-quantizer's ``static_wi8_ai8`` recipe. (litert-torch
+    0.10's own PT2E path fails on this encoder: its layout pass breaks LayerNorm2d's quantised
+    channel mean.)"""
+    from ai_edge_quantizer import recipe
 
-    return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    return _requantize(data, tmp, lambda q, _m: q.load_quantization_recipe(recipe.static_wi8_ai8()), calibration)
 
 
 def _encoder_inputs(preprocess: bool, example: Tuple[torch.Tensor, ...]) -> Dict[str, torch.Tensor]:
     return dict(zip(("image", "image_size") if preprocess else ("image",), example))
 
 
+def model_bytes(module: nn.Module, inputs: Dict[str, torch.Tensor], outputs: Sequence[str], quantize: Optional[str] = None,
+                calibration: Optional[Sequence[Sequence[torch.Tensor]]] = None, tmp: Optional[Path] = None,
+                log: Callable[[str], None] = lambda _m: None) -> bytes:
+    """``module`` as ``.tflite`` bytes: fp32, "fp16" (float16 weights) or "int8" (static, ranges
+    from ``calibration``: input tuples in ``inputs``' order). ``tmp``: where scratch files go
+    (default: the system's temporary folder)."""
+    if quantize == "int8" and not calibration:
+        raise ExportError("int8: the calibration set is empty")
+    data = convert(module, inputs, outputs)
+    if quantize is None:
+        return data
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+        if quantize == "fp16":
+            return _fp16(data, Path(scratch))
+        feeds = [{k: v.numpy() for k, v in zip(inputs, c)} for c in calibration or []]
+        log(f"int8: calibrating on {len(feeds)} image(s)")
+        return _int8(data, Path(scratch), feeds)
+
+
 def encoder_model(model: Sam, *, preprocess: bool = False, quantize: Optional[str] = None,
                   calibration: Optional[Sequence[Sequence[torch.Tensor]]] = None, tmp: Optional[Path] = None,
                   log: Callable[[str], None] = lambda _m: None) -> bytes:
-    """The image encoder as ``.tflite`` bytes (``quantize``: None, "fp16" (needs ``tmp``), "int8"
-    (needs ``calibration``: encoder inputs))."""
+    """The image encoder as ``.tflite`` bytes (see :func:`model_bytes`)."""
     enc = MobileImageEncoder(model, preprocess=preprocess).eval()
-    example = encoder_example(model, preprocess)
-    inputs = _encoder_inputs(preprocess, example)
-    if quantize == "int8":
-        require("litert_torch", MOBILE_EXTRA)
-        from litert_torch.quantize.quant_config import QuantConfig
-
-        if not calibration:
-            raise ExportError("int8: the calibration set is empty")
-        quantizer = _int8_quantizer()
-        q = quantize_pt2e(enc, example, quantizer, calibration, log)
-        return convert(q, inputs, ["image_embeddings"], QuantConfig(pt2e_quantizer=quantizer))
-    data = convert(enc, inputs, ["image_embeddings"])
-    if quantize == "fp16":
-        assert tmp is not None
-        data = _fp16(data, tmp)
-    return data
+    inputs = _encoder_inputs(preprocess, encoder_example(model, preprocess))
+    return model_bytes(enc, inputs, ["image_embeddings"], quantize, calibration, tmp, log)
 
 
 def decoder_model(model: Sam, max_points: int = DEFAULT_MAX_POINTS, fp16: bool = False, tmp: Optional[Path] = None) -> bytes:
     dec = MobilePromptDecoder(model, max_points).eval()
-    data = convert(dec, dict(zip(MOBILE_DECODER_INPUTS, decoder_example(model, max_points))), MOBILE_DECODER_OUTPUTS)
-    if fp16:
-        assert tmp is not None
-        data = _fp16(data, tmp)
-    return data
+    inputs = dict(zip(MOBILE_DECODER_INPUTS, decoder_example(model, max_points)))
+    return model_bytes(dec, inputs, MOBILE_DECODER_OUTPUTS, "fp16" if fp16 else None, tmp=tmp)
 
 
 def check_options(quantize: Optional[str], calibration: Optional[os.PathLike], max_points: int) -> None:
