@@ -175,6 +175,7 @@ COMMANDS = (
     Command("export", ".export.cli:add_parser"),
     Command("eval", ".evaluation.cli:add_parser"),
     Command("serve", ".serve.cli:add_parser"),
+    Command("synth", ".synthetic.cli:add_parser"),
 )
 
 
