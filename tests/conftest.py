@@ -59,3 +59,48 @@ def run_cli(argv, capsys):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# ---------------------------------------------------------------- trained tiny models (tests/data/trained)
+# Made by `python -m repvit_sam.train.fixtures` on synthetic images (see models.json there): a
+# tiny teacher fine-tuned from random weights and a tiny RepViT student distilled from it.
+# Use them wherever a test needs masks that mean something.
+TRAINED = __import__("pathlib").Path(__file__).parent / "data" / "trained"
+
+
+def trained_model(fname: str):
+    """A committed trained tiny model (``teacher.pt``, ``student_mse.pt``, ``student.pt``), eval mode."""
+    import json
+
+    from repvit_sam import build_sam
+
+    info = json.loads((TRAINED / "models.json").read_text())["models"][fname]
+    return build_sam(info["variant"], checkpoint=TRAINED / fname).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_teacher():
+    """The trained tiny teacher (``tiny_vit_b``), a loaded Sam in eval mode."""
+    return trained_model("teacher.pt")
+
+
+@pytest.fixture(scope="session")
+def trained_student():
+    """The trained tiny RepViT student (``tiny_repvit``, after both distillation phases), eval mode."""
+    return trained_model("student.pt")
+
+
+def held_out_synthetic(out, count: int = 20):
+    """Write the first ``count`` images of the fixtures' held-out synthetic set (seed 1, 256x256,
+    never trained on) into ``out``: ``annotations.json`` (COCO, RLE), ``images/``, ``sa1b/``.
+    Returns ``out``."""
+    from repvit_sam.synthetic import write_images
+
+    write_images(out, count=count, seed=1, size=(256, 256), quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_held_out(tmp_path_factory):
+    """The first 12 images of the held-out synthetic set (see :func:`held_out_synthetic`)."""
+    return held_out_synthetic(tmp_path_factory.mktemp("held_out") / "synth", 12)

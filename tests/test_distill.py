@@ -1,7 +1,8 @@
-"""`repvit-sam distill` end to end on tiny synthetic images with test-size teacher and student
-(64-pixel inputs, 4x4 embeddings): embed with 2 ranks under torchrun -> train with 2 ranks,
-killed with SIGKILL and resumed -> export; plus the error paths. Three torchrun launches in all
-(~10 s each on 2 cores); everything else runs in-process."""
+"""`repvit-sam distill` end to end on small images with the test-size variants of the variant
+table (teacher tiny_vit_b, student tiny_repvit: 256-pixel inputs, 16x16 embeddings): embed with 2
+ranks under torchrun -> train with 2 ranks, killed with SIGKILL and resumed -> export; plus the
+error paths. Three torchrun launches in all; everything else runs in-process. The trainer's own
+pieces (schedule, data order, batch norm) are tested in tests/test_train_*.py."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from PIL import Image
 from repvit_sam import SamPredictor, build_from_config
 from repvit_sam.cli import main
 from repvit_sam.distill import shards
-from repvit_sam.distill.configs import MODELS, RECIPES, model_config
-from repvit_sam.distill.train import KILL_ENV, MicroBatchSampler, WarmupCosine
+from repvit_sam.config import VARIANTS
+from repvit_sam.distill.configs import RECIPES
+from repvit_sam.train.trainer import KILL_ENV
 from repvit_sam.weights import read_checkpoint
 
 N_IMAGES, SHARD = 12, 5  # 3 shards: rank 0 computes shards 0 and 2, rank 1 shard 1
-TRAIN = ["--student", "tiny_student", "--recipe", "tiny", "--steps", "12", "--batch-size", "4", "--workers", "0"]
+TEACHER, STUDENT = "tiny_vit_b", "tiny_repvit"
+TRAIN = ["--student", STUDENT, "--recipe", "tiny", "--steps", "12", "--batch-size", "4", "--workers", "0"]
 
 
 def torchrun(*argv, env=None, nproc=2):
@@ -62,7 +65,7 @@ def work(tmp_path_factory):
         ann = {"image": {"height": h, "width": w}, "annotations": [{"bbox": [x0, y0, w // 3, h // 3], "area": (w // 3) * (h // 3)}]}
         (images / f"sa_{i}.json").write_text(json.dumps(ann))
     torch.manual_seed(0)
-    teacher = build_from_config(MODELS["tiny_teacher"])
+    teacher = build_from_config(VARIANTS[TEACHER])
     torch.save(teacher.state_dict(), root / "teacher.pt")
     return root
 
@@ -71,7 +74,7 @@ def work(tmp_path_factory):
 def embeddings(work):
     """Embeddings computed by 2 ranks under torchrun (`python -m repvit_sam distill embed`)."""
     out = work / "emb"
-    r = torchrun("embed", "--teacher", "tiny_teacher", "--teacher-checkpoint", work / "teacher.pt",
+    r = torchrun("embed", "--teacher", TEACHER, "--teacher-checkpoint", work / "teacher.pt",
                  "--images", work / "images", "--out", out, "--shard-size", SHARD, "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     return out
@@ -117,10 +120,10 @@ def test_embed_two_ranks_index_covers_every_image_once(work, embeddings):
     keys = [k for s in index["shards"] for k in s["keys"]]
     assert keys == sorted(f"sa_{i}" for i in range(N_IMAGES))
     assert [len(s["keys"]) for s in index["shards"]] == [5, 5, 2]
-    assert index["embed_shape"] == [32, 4, 4] and index["teacher"] == "tiny_teacher"
+    assert index["embed_shape"] == [32, 16, 16] and index["teacher"] == TEACHER
     for s in index["shards"]:
         arr = np.load(embeddings / s["file"], allow_pickle=False)
-        assert arr.dtype == np.float16 and list(arr.shape) == s["shape"] == [len(s["keys"]), 32, 4, 4]
+        assert arr.dtype == np.float16 and list(arr.shape) == s["shape"] == [len(s["keys"]), 32, 16, 16]
         assert shards.file_sha256(embeddings / s["file"]) == s["sha256"]
     assert not list(embeddings.glob(".*.tmp")), "temporary files left behind"
 
@@ -128,7 +131,7 @@ def test_embed_two_ranks_index_covers_every_image_once(work, embeddings):
 def test_embeddings_equal_the_predictors_image_embedding(work, embeddings):
     """Preprocessing is the inference path: stored embedding == SamPredictor's (to fp16)."""
     torch.manual_seed(0)
-    teacher = build_from_config(MODELS["tiny_teacher"])
+    teacher = build_from_config(VARIANTS[TEACHER])
     teacher.load_state_dict(torch.load(work / "teacher.pt", weights_only=True))
     predictor = SamPredictor(teacher)
     store = shards.EmbeddingStore(embeddings)
@@ -145,7 +148,7 @@ def test_embed_resume_skips_finished_shards(work, embeddings, capsys):
     old_sha = json.loads((out / "shard_00001.json").read_text())["sha256"]
     for name in ("shard_00001.npy", "shard_00001.json", "index.json"):
         (out / name).unlink()
-    code, out_text, err = cli(["distill", "embed", "--teacher", "tiny_teacher", "--teacher-checkpoint", work / "teacher.pt",
+    code, out_text, err = cli(["distill", "embed", "--teacher", TEACHER, "--teacher-checkpoint", work / "teacher.pt",
                                "--images", work / "images", "--out", out, "--shard-size", SHARD, "--workers", "0"], capsys)
     assert code == 0, err
     assert "2 already finished, 5 images to embed" in err
@@ -156,7 +159,7 @@ def test_embed_resume_skips_finished_shards(work, embeddings, capsys):
 
 
 def test_embed_refuses_a_folder_of_other_work(work, embeddings, capsys):
-    code, _, err = cli(["distill", "embed", "--teacher", "tiny_teacher", "--teacher-checkpoint", work / "teacher.pt",
+    code, _, err = cli(["distill", "embed", "--teacher", TEACHER, "--teacher-checkpoint", work / "teacher.pt",
                         "--images", work / "images", "--out", embeddings, "--shard-size", "4"], capsys)
     assert code == 1 and "already holds embeddings of other work (different shard_size" in err
 
@@ -173,7 +176,7 @@ def test_corrupt_shard_is_reported_with_what_to_do(work, embeddings, capsys):
     assert len(err.strip().splitlines()) <= 2  # a log line and the one-line error, no traceback
     with pytest.raises(shards.ShardError, match="corrupt"):
         shards.EmbeddingStore(bad)[5]  # row 5 lives in shard 1
-    assert shards.EmbeddingStore(bad)[0].shape == (32, 4, 4)  # intact shards still read
+    assert shards.EmbeddingStore(bad)[0].shape == (32, 16, 16)  # intact shards still read
 
 
 def test_incomplete_embeddings_and_missing_images_give_clear_errors(work, embeddings, capsys):
@@ -190,12 +193,12 @@ def test_incomplete_embeddings_and_missing_images_give_clear_errors(work, embedd
     code, _, err = cli(["distill", "train", "--embeddings", embeddings, "--images", fewer, "--out", work / "r2", *TRAIN], capsys)
     assert code == 1 and "1 image(s) of the embeddings index are missing" in err and "sa_3" in err
 
-    code, _, err = cli(["distill", "embed", "--teacher", "tiny_teacher", "--teacher-checkpoint", work / "teacher.pt",
+    code, _, err = cli(["distill", "embed", "--teacher", TEACHER, "--teacher-checkpoint", work / "teacher.pt",
                         "--images", work / "no_such_dir", "--out", work / "e3"], capsys)
     assert code == 2 and "--images folder not found" in err
     empty = work / "empty"
     empty.mkdir()
-    code, _, err = cli(["distill", "embed", "--teacher", "tiny_teacher", "--teacher-checkpoint", work / "teacher.pt",
+    code, _, err = cli(["distill", "embed", "--teacher", TEACHER, "--teacher-checkpoint", work / "teacher.pt",
                         "--images", empty, "--out", work / "e4"], capsys)
     assert code == 1 and "no images" in err
 
@@ -240,7 +243,7 @@ def test_validation_is_perfect_for_the_teacher_itself(work):
     from repvit_sam.distill.data import Preprocessor, read_image
     from repvit_sam.distill.train import validate
 
-    cfg = MODELS["tiny_teacher"]
+    cfg = VARIANTS[TEACHER]
     sd = torch.load(work / "teacher.pt", weights_only=True)
     teacher = build_from_config(cfg)
     teacher.load_state_dict(sd)
@@ -255,16 +258,7 @@ def test_validation_is_perfect_for_the_teacher_itself(work):
     assert worse["val_mse"] > 1.0 and worse["val_miou"] < 1.0
 
 
-def test_schedule_and_data_order():
-    f = WarmupCosine(total=100, warmup=10, min_ratio=0.01)
-    assert f(0) < 0.1 and f(9) < 1.0 and f(10) == pytest.approx(1.0) and f(99) == pytest.approx(0.01, abs=2e-3)
-    assert all(f(i) >= f(i + 1) for i in range(10, 99))
-    one = list(MicroBatchSampler(10, 4, 0, 1, seed=3, start=0, stop=6))
-    two = [list(MicroBatchSampler(10, 4, r, 2, seed=3, start=0, stop=6)) for r in (0, 1)]
-    assert [a + b for a, b in zip(*two)] == one  # ranks split each global micro-batch
-    epoch0 = sum(one[:2], [])
-    assert len(set(epoch0)) == 8  # no image twice within an epoch
-    assert list(MicroBatchSampler(10, 4, 0, 1, seed=3, start=4, stop=6)) == one[4:]  # resume position
+def test_paper_recipe():
     assert RECIPES["paper"].epochs == 8 and RECIPES["paper"].batch_size % 8 == 0
 
 
@@ -274,7 +268,7 @@ def test_export_loads_strictly_and_takes_the_right_parts(work, reference_run, ca
     code, text, err = cli(["distill", "export", "--run", reference_run, "--teacher-checkpoint", work / "teacher.pt", "-o", out], capsys)
     assert code == 0, err
     sd = read_checkpoint(out)
-    model = build_from_config(model_config("tiny_student"))
+    model = build_from_config(VARIANTS[STUDENT])
     model.load_state_dict(sd, strict=True)
     assert list(sd) == list(model.state_dict())
     teacher_sd = torch.load(work / "teacher.pt", weights_only=True)
@@ -288,7 +282,7 @@ def test_export_of_a_repvit_student_matches_the_official_file_layout(work, tmp_p
     """A `repvit` run (random weights, no training) with a MobileSAM-shaped teacher file: the
     export has exactly the keys and shapes of the official repvit_sam.pt and build_sam loads it."""
     from repvit_sam import build_sam
-    from repvit_sam.distill.train import CKPT_FORMAT, save_checkpoint
+    from repvit_sam.train.state import CKPT_FORMAT, save_checkpoint
 
     torch.manual_seed(1)
     student = build_sam("repvit")

@@ -172,6 +172,7 @@ COMMANDS = (
     Command("bench", ".bench:add_parser"),
     Command("everything", ".everything:add_parser"),
     Command("distill", ".distill.cli:add_parser"),
+    Command("finetune", ".train.finetune:add_parser"),
     Command("export", ".export.cli:add_parser"),
     Command("eval", ".evaluation.cli:add_parser"),
     Command("serve", ".serve.cli:add_parser"),

@@ -117,16 +117,20 @@ def process_image(generator: Any, job: Job, outdir: Path, write_masks: bool, ima
 
 
 def run_all(generator: Any, jobs: Iterable[Job], outdir: Path, write_masks: bool = False, overwrite: bool = False,
-            progress: bool = True) -> Summary:
-    """Process every job; bad images are recorded in ``Summary.failed``, never raised."""
+            progress: bool = True, share: Any = None) -> Summary:
+    """Process every job; bad images are recorded in ``Summary.failed``, never raised. Under
+    torchrun each rank takes its share of the jobs (:mod:`repvit_sam.parallel`; ``share``
+    overrides the environment); image ids stay those of the whole list."""
+    from .parallel import Share
     from tqdm import tqdm
 
     from .io import ImageError
 
-    jobs = list(jobs)
+    share = share or Share.from_env()
+    mine = [(i, job) for i, job in enumerate(jobs) if share.owns(i)]
     summary = Summary()
-    bar = tqdm(jobs, desc="segment everything", unit="image", file=sys.stderr, disable=not progress)
-    for image_id, job in enumerate(bar):
+    bar = tqdm(mine, desc="segment everything", unit="image", file=sys.stderr, disable=not progress)
+    for image_id, job in bar:
         target = outdir / job.stem.parent / f"{job.stem.name}.json"
         if target.exists() and not overwrite:
             summary.skipped.append(job.image)

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dsub.required = True
 
     e = dsub.add_parser("embed", help="teacher image embeddings -> fp16 shards with an index and checksums")
-    e.add_argument("--teacher", default="vit_h", help="teacher model: a registered variant (default vit_h) or tiny_teacher")
+    e.add_argument("--teacher", default="vit_h", help="teacher model: a variant of the table (default vit_h; tiny_* for smoke runs)")
     e.add_argument("--teacher-checkpoint", type=Path, help="teacher weights (default: the official file, cached or downloaded)")
     e.add_argument("--images", type=Path, required=True, help="image folder (SA-1B layout sa_N.jpg + sa_N.json, or any images)")
     e.add_argument("--out", type=Path, required=True, help="embeddings folder (created; re-run to resume)")
@@ -62,9 +62,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = dsub.add_parser("train", help="train a student image encoder on stored teacher embeddings (DDP under torchrun)")
     t.add_argument("--embeddings", type=Path, required=True, help="folder written by `distill embed`")
     t.add_argument("--images", type=Path, required=True, help="the image folder the embeddings were computed from")
-    t.add_argument("--student", help="student model (default repvit; tiny_student for smoke runs; resuming: the run's)")
+    t.add_argument("--student", help="student model (default repvit; tiny_repvit for smoke runs; resuming: the run's)")
+    t.add_argument("--phase", choices=("mse", "prompt"), default="mse",
+                   help="mse: phase 1, embedding MSE (default); prompt: phase 2, prompt-in-the-loop distillation of masks (EdgeSAM)")
+    t.add_argument("--annotations", type=Path, help="phase 2: instance masks for the prompts (COCO JSON, SA-1B folder or mask PNGs; "
+                   "default: SA-1B JSONs beside the images)")
+    t.add_argument("--trainable", default="image_encoder,mask_decoder",
+                   help="phase 2: parts to train (default image_encoder,mask_decoder; the prompt encoder stays frozen)")
+    t.add_argument("--max-instances", type=_positive, default=8, help="phase 2: instances drawn per image and step (default 8)")
+    t.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing in the student encoder (less memory)")
     t.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, metrics.jsonl, tb/")
-    t.add_argument("--recipe", default="paper", help="training recipe: paper (default) or tiny (resuming: the run's)")
+    t.add_argument("--recipe", help="training recipe: paper (phase 1 default), prompt (phase 2 default) or tiny (resuming: the run's)")
     length = t.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive, help="optimiser steps (overrides the recipe's epochs)")
     length.add_argument("--epochs", type=float, help="epochs (default: the recipe's, 8 for paper)")
@@ -90,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     x = dsub.add_parser("export", help="run -> official-format checkpoint (student encoder + teacher decoder)")
     x.add_argument("--run", type=Path, required=True, help="run folder of `distill train`")
-    x.add_argument("--teacher-checkpoint", type=Path, required=True, help="the teacher's full SAM checkpoint (prompt encoder, mask decoder)")
+    x.add_argument("--teacher-checkpoint", type=Path, help="the teacher's full SAM checkpoint (prompt encoder, mask decoder); "
+                   "needed for phase-1 runs, whose checkpoint holds the encoder only")
     x.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write")
     x.set_defaults(func=_run("export"))

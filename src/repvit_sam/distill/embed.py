@@ -16,8 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import shards
-from .common import launch_from_env, load_teacher, log
-from .configs import is_registered
+from .common import launch_from_env, load_teacher, log, model_config
 from .data import ImageDataset, list_images
 
 
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         keys = keys[: args.limit]
     ckpt = args.teacher_checkpoint
-    if ckpt is None and is_registered(args.teacher):  # the official file (cached or fetched, under a lock)
+    if ckpt is None and not model_config(args.teacher).tiny:  # the official file (cached or fetched, under a lock)
         from ..hub import resolve_checkpoint
 
         ckpt = resolve_checkpoint(args.teacher, verify_keys=False, progress=launch.is_main)
@@ -47,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     )
     out: Path = args.out
     shards.open_plan(out, plan)
-    mine = [i for i in range(plan["num_shards"]) if i % launch.world_size == launch.rank]
+    from ..parallel import Share, rank_share
+
+    mine = rank_share(range(plan["num_shards"]), Share(launch.rank, launch.world_size))
     todo = [i for i in mine if not shards.is_finished(out, plan, i)]
     n_todo = sum(len(shards.shard_keys(plan, i)) for i in todo)
     log.info(

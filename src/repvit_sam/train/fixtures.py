@@ -1,0 +1,162 @@
+"""Make the trained tiny fixtures of ``tests/data/trained`` (deterministic; CPU, one thread).
+
+    python -m repvit_sam.train.fixtures -o tests/data/trained --work /tmp/fixtures
+
+1. synthetic images (``repvit_sam.synthetic``): a training set (seed 0) and a held-out set
+   (seed 1), 256 x 256;
+2. ``finetune`` a tiny teacher from random initialisation on the training set (all parts
+   trainable), validated on the held-out set;
+3. ``distill embed`` the teacher's embeddings of the training images, ``distill train`` a
+   ``tiny_repvit`` student on them (phase 1, MSE), ``distill export`` (teacher's decoder);
+4. ``distill train --phase prompt`` (phase 2, prompt-in-the-loop) from that student, export;
+5. validate all three on the held-out set with the coco-prompt protocol and write
+   ``teacher.pt``, ``student_mse.pt``, ``student.pt`` (official-format state_dicts) and
+   ``models.json`` (each file's variant, SHA-256 and validation figures, and the commands).
+
+Every step runs in this process through the command line's own ``main``; a step whose output
+exists is not redone, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+TEACHER, STUDENT = "tiny_vit_b", "tiny_repvit"
+TRAIN_COUNT, VAL_COUNT, SIZE = 400, 50, (256, 256)
+VAL_CLICKS = 4
+
+FINETUNE = ["--trainable", "all", "--steps", "1500", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
+            "--rounds", "2", "--max-instances", "6", "--val-every", "5000", "--checkpoint-every", "100", "--log-every", "20",
+            "--val-clicks", str(VAL_CLICKS), "--seed", "0", "--no-bf16"]
+PHASE1 = ["--recipe", "tiny", "--steps", "500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",
+          "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "25", "--seed", "0", "--no-bf16"]
+PHASE2 = ["--phase", "prompt", "--recipe", "prompt", "--steps", "200", "--batch-size", "8", "--lr", "3e-4", "--val-images", "20",
+          "--max-instances", "6", "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "20", "--seed", "0", "--no-bf16"]
+
+
+def _cli(argv: List[Any]) -> None:
+    from ..cli import main
+
+    argv = [str(a) for a in argv]
+    print("$ repvit-sam " + " ".join(argv), file=sys.stderr, flush=True)
+    code = main(argv)
+    if code != 0:
+        raise SystemExit(f"step failed (exit {code}): repvit-sam {' '.join(argv)}")
+
+
+def _synth(out: Path, count: int, seed: int) -> None:
+    from ..synthetic import write_images
+
+    manifest = out / "synth.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if m.get("count") == count and m.get("seed") == seed:
+            return
+    write_images(out, count=count, seed=seed, size=SIZE, quiet=True)
+
+
+def validate_file(name: str, checkpoint: Path, val: Path) -> Dict[str, Any]:
+    """The coco-prompt figures of a checkpoint on the held-out set (fractions 0..1)."""
+    from ..registry import build_sam
+    from .data import read_entries
+    from .validate import coco_records, prompt_validation
+
+    entries, _ = read_entries(val / "annotations.json", val / "images")
+    return prompt_validation(build_sam(name, checkpoint=checkpoint), coco_records(entries, 16), VAL_CLICKS)
+
+
+def main(argv: List[str] | None = None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(prog="python -m repvit_sam.train.fixtures", description=__doc__.splitlines()[0])
+    p.add_argument("-o", "--output", type=Path, default=Path("tests/data/trained"), help="where the fixtures go")
+    p.add_argument("--work", type=Path, required=True, help="work folder (synthetic data, runs); re-use it to continue")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda; the committed fixtures say which made them")
+    p.add_argument("--teacher-only", action="store_true", help="stop after fine-tuning the teacher (WORK/teacher/model.pt)")
+    p.add_argument("--smoke", action="store_true", help="a few steps of each stage on a few images (checks the pipeline, not the models)")
+    args = p.parse_args(argv)
+    global TRAIN_COUNT, VAL_COUNT
+    finetune, phase1, phase2 = list(FINETUNE), list(PHASE1), list(PHASE2)
+    if args.smoke:
+        TRAIN_COUNT, VAL_COUNT = 24, 4
+        for opts in (finetune, phase1, phase2):
+            opts[opts.index("--steps") + 1] = "3"
+        phase1[phase1.index("--val-images") + 1] = "2"
+        phase2[phase2.index("--val-images") + 1] = "2"
+    dev = ["--device", args.device, "--workers", "0" if args.device == "cpu" else "4"]
+    torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
+    work, out = args.work, args.output
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train, val = work / "train", work / "val"
+    _synth(train, TRAIN_COUNT, 0)
+    _synth(val, VAL_COUNT, 1)
+
+    teacher_run = work / "teacher"
+    if not (teacher_run / "model.pt").is_file():
+        resume = ["--resume"] if (teacher_run / "checkpoints" / "last.pt").is_file() else []
+        _cli(["finetune", "--data", train / "annotations.json", "--images", train / "images", "--model", TEACHER,
+              "-o", teacher_run, "--val-data", val / "annotations.json", "--val-images", val / "images", *finetune, *dev, *resume])
+    teacher = teacher_run / "model.pt"
+    if args.teacher_only:
+        return 0
+
+    emb = work / "embeddings"
+    _cli(["distill", "embed", "--teacher", TEACHER, "--teacher-checkpoint", teacher, "--images", train / "images",
+          "--out", emb, "--shard-size", "400", *dev])
+    exported: Dict[str, Path] = {}
+    for phase, extra in (("mse", phase1), ("prompt", phase2)):
+        run = work / f"student_{phase}"
+        target = work / f"student_{phase}.pt"
+        if not target.is_file():
+            resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
+            init = ["--student-init", exported["mse"]] if phase == "prompt" and not resume else []
+            ann = ["--annotations", train / "annotations.json"] if phase == "prompt" else []
+            _cli(["distill", "train", "--embeddings", emb, "--images", train / "images", "--student", STUDENT, "--out", run,
+                  "--teacher-checkpoint", teacher, "--no-verify", *extra, *init, *ann, *dev, *resume])
+            _cli(["distill", "export", "--run", run, "--teacher-checkpoint", teacher, "-o", target])
+        exported[phase] = target
+
+    from ..hub import file_sha256
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"teacher.pt": (TEACHER, teacher), "student_mse.pt": (STUDENT, exported["mse"]), "student.pt": (STUDENT, exported["prompt"])}
+    record: Dict[str, Any] = {
+        "made_by": f"python -m repvit_sam.train.fixtures -o tests/data/trained --work WORK --device {args.device}",
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu (torch.set_num_threads(1))",
+        "note": "each model's trained_on says where its training ran; the validation figures were computed where this file was written",
+        "torch": torch.__version__,
+        "data": {"train": f"repvit-sam synth images --count {TRAIN_COUNT} --seed 0 (256x256)",
+                 "held_out": f"repvit-sam synth images --count {VAL_COUNT} --seed 1 (256x256)"},
+        "protocol": "coco-prompt on the held-out set: box = the mask's box, single output; 1 point = the pixel farthest from the "
+                    f"boundary, best of 3 by predicted IoU; then {VAL_CLICKS} correction clicks; mIoU as a fraction; area ranges "
+                    "(COCO, mask pixels): small < 32^2, medium 32^2..96^2, large >= 96^2",
+        "commands": {"teacher": ["finetune", *finetune], "student_mse": ["distill", "train", *phase1],
+                     "student": ["distill", "train", *phase2]},
+        "models": {},
+    }
+    for fname, (variant, src) in files.items():
+        shutil.copyfile(src, out / fname)
+        run_json = {"teacher.pt": teacher_run, "student_mse.pt": work / "student_mse", "student.pt": work / "student_prompt"}[fname] / "run.json"
+        made_on = json.loads(run_json.read_text()).get("device") if run_json.is_file() else None
+        record["models"][fname] = {"variant": variant, "sha256": file_sha256(out / fname), "bytes": (out / fname).stat().st_size,
+                                   "trained_on": made_on, "validation": validate_file(variant, out / fname, val)}
+    record["seconds"] = round(time.time() - t0)
+    from ..utils import write_json_atomic
+
+    write_json_atomic(out / "models.json", record)
+    for fname, m in record["models"].items():
+        v = m["validation"]
+        print(f"{fname:15s} {m['variant']:12s} box {v['miou_box']:.3f}  1 point {v['miou_point']:.3f}  "
+              f"+{VAL_CLICKS} clicks {v[f'miou_point_{VAL_CLICKS + 1}_clicks']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
