@@ -3,7 +3,7 @@
 LiteRT's interpreter runs them on its default XNNPACK delegate.
 
 ``quantize``: ``None`` (fp32), ``"fp16"`` (weights stored as float16 by ai-edge-quantizer and
-widened when loaded: half the file; XNNPACK computes in fp32 on x86 and may use fp16 arithmetic
+widened when loaded; XNNPACK computes in fp32 on x86 and may use fp16 arithmetic
 on ARM) or ``"int8"`` (encoder: static int8 by ai-edge-quantizer, per-channel int8 weights and int8
 activations whose ranges come from running the float model on a folder of images or on
 scikit-image's sample photos; the decoder stays fp32).
