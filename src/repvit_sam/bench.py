@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-TASKS = ("encoder", "decoder", "everything", "video")
+TASKS = ("encoder", "decoder", "everything", "video", "mobile")
 DEFAULT_MODELS = ("repvit", "vit_t")
 RESULT_KEYS = ("model", "backend", "median_ms", "min_ms", "max_ms", "peak_mb", "gflop", "peak_fraction", "cosine", "rel_err")
 
@@ -72,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image-encoder backends (default: every one available here); eager always runs first, as the reference")
     p.add_argument("--task", nargs="+", choices=TASKS, default=["encoder", "decoder"],
                    help="what to measure (default: encoder decoder); everything = the automatic mask generator; "
-                        "video = tracking on a 480p clip")
+                        "video = tracking on a 480p clip; "
+                   "mobile = ExecuTorch / LiteRT files: memory, decoder per click, int8 fidelity (repvit_sam.bench_mobile)")
     p.add_argument("--runs", type=_count(1), default=5, help="timed calls per measurement (default 5)")
     p.add_argument("--warmup", type=_count(0), default=1, help="untimed calls before them (default 1)")
     p.add_argument("--size", type=_count(16), default=1024, help="input side in pixels, a multiple of 16 (default 1024)")
@@ -164,6 +165,17 @@ def run(args: argparse.Namespace) -> int:
 
             write_json_atomic(args.json, report)
             print(f"wrote {args.json}", file=sys.stderr)
+    if "mobile" in tasks:
+        from . import bench_mobile
+
+        models = {name: _build_model(name, args.size, args.pretrained) for name in args.models}
+        rows = bench_mobile.bench_mobile(models, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                                         encoder_rows=report["results"] if report else ())
+        print("\n" + bench_mobile.markdown(rows))
+        if args.json:
+            from .utils import write_json_atomic
+
+            write_json_atomic(args.json, {**(report or {}), "mobile": rows})
     if "video" in tasks:
         from .video import bench as video_bench
 

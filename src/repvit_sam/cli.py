@@ -116,7 +116,7 @@ COMMANDS = (
     Command("segment", "segment an image from point and box prompts", ".segment"),
     Command("everything", "segment everything in images or folders (overlay PNG + SA-1B JSON per image)", ".everything"),
     Command("bench", "latency of every image-encoder backend side by side, and of the mask decoder", ".bench"),
-    Command("export", "export a model to ONNX or Core ML", ".export.cli"),
+    Command("export", "export a model to ONNX, Core ML, ExecuTorch or LiteRT", ".export.cli"),
     Command("distill", "train your own RepViT-SAM from a SAM teacher (embed, train, export)", ".distill.cli"),
     Command("finetune", "fine-tune a model on your own instance masks with box / point prompts and correction clicks", ".train.finetune"),
     Command("eval", "zero-shot benchmarks: COCO, LVIS, SegInW, BSDS, DUTS, MVTec; DAVIS 2017, UVO", ".evaluation.cli"),

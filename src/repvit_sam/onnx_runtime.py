@@ -55,35 +55,39 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
 
 
-class OnnxSamPredictor:
-    """``SamPredictor`` on an exported model folder (``encoder.onnx``, ``decoder.onnx``,
-    ``metadata.json``), on onnxruntime.
+def read_export_metadata(folder: PathLike, fmt: str, what: str, command: str, error: type = OnnxModelError) -> Dict[str, Any]:
+    """``folder/metadata.json`` of an export, checked to have ``"format": fmt``. Errors are
+    ``error`` and name ``what`` (e.g. "ONNX") and ``command``, which writes such folders."""
+    meta_path = Path(folder) / "metadata.json"
+    if not meta_path.is_file():
+        raise error(f"{meta_path} not found: give the folder written by '{command}'")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise error(f"{meta_path} could not be read: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise error(f"{meta_path} is not a repvit-sam {what} export (no format {fmt!r})")
+    return meta
 
-    ``providers``: onnxruntime execution providers (default CPU); ``num_threads``: intra-op
-    threads (default: onnxruntime's choice). Either graph may be given separately
-    (``encoder=`` / ``decoder=`` paths), e.g. to use a quantised encoder.
-    """
 
-    def __init__(
-        self,
-        model_dir: PathLike,
-        *,
-        providers: Optional[Sequence[str]] = None,
-        num_threads: Optional[int] = None,
-        encoder: Optional[PathLike] = None,
-        decoder: Optional[PathLike] = None,
-    ) -> None:
-        folder = Path(model_dir)
-        meta_path = folder / "metadata.json"
-        if not meta_path.is_file():
-            raise OnnxModelError(f"{meta_path} not found: give the folder written by 'repvit-sam export onnx'")
-        try:
-            self.metadata: Dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise OnnxModelError(f"{meta_path} could not be read: {e}") from None
-        if self.metadata.get("format") != "repvit-sam-onnx":
-            raise OnnxModelError(f"{meta_path} is not a repvit-sam ONNX export (no format 'repvit-sam-onnx')")
-        m = self.metadata
+class ExportedSamPredictor:
+    """``SamPredictor``'s numpy API over an exported encoder and decoder: image preparation,
+    prompt checks and mask post-processing shared by every torch-free runtime. A subclass
+    reads its model folder, sets the attributes below from its metadata, and implements
+    ``_run_encoder`` and ``_run_decoder``."""
+
+    metadata: Dict[str, Any]
+    img_size: int
+    pixel_mean: np.ndarray  # (3, 1, 1) float32
+    pixel_std: np.ndarray  # (3, 1, 1) float32
+    image_format: str
+    mask_threshold: float
+    low_res_size: Tuple[int, int]
+    encoder_preprocess: bool  # the encoder normalises and pads the resized image itself
+    static_size: bool  # the decoder's masks are (1, 4, S, S) over the padded square
+
+    def _read_metadata(self, meta: Dict[str, Any]) -> None:
+        self.metadata = m = meta
         self.img_size = int(m["img_size"])
         self.pixel_mean = np.asarray(m["pixel_mean"], dtype=np.float32).reshape(3, 1, 1)
         self.pixel_std = np.asarray(m["pixel_std"], dtype=np.float32).reshape(3, 1, 1)
@@ -91,24 +95,17 @@ class OnnxSamPredictor:
         self.mask_threshold = float(m.get("mask_threshold", 0.0))
         self.low_res_size = tuple(int(v) for v in m["low_res_size"])
         self.encoder_preprocess = bool(m["encoder_preprocess"])
-        self.static_size = bool(m["decoder_static_size"])
+        self.static_size = bool(m.get("decoder_static_size", True))
 
-        ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        providers = list(providers) if providers else ["CPUExecutionProvider"]
+    def _run_encoder(self, x: np.ndarray) -> np.ndarray:
+        """(1, 3, S, S) normalised padded image (or (1, 3, h, w) in 0..255 when the encoder
+        preprocesses) -> (1, C, e, e) embedding."""
+        raise NotImplementedError
 
-        def session(path: Optional[PathLike], default: str):
-            p = Path(path) if path is not None else folder / m.get("files", {}).get(default.split(".")[0], default)
-            if not p.is_file():
-                raise OnnxModelError(f"{p} not found (exported with the {default.split('.')[0]} left out?)")
-            return ort.InferenceSession(str(p), sess_options=options, providers=providers)
-
-        self.encoder = session(encoder, "encoder.onnx")
-        self.decoder = session(decoder, "decoder.onnx")
-        self.reset_image()
+    def _run_decoder(self, feeds: Dict[str, np.ndarray]) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+        """The ONNX decoder interface's feeds -> (masks or None, iou_predictions, low_res_masks),
+        each with a leading batch axis of 1. ``None`` masks: the decoder gives low-res logits only."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ image
     def reset_image(self) -> None:
@@ -137,7 +134,7 @@ class OnnxSamPredictor:
             rgb = rgb[..., ::-1]
         x, input_size = self._encoder_input(rgb)
         self.reset_image()
-        (self.features,) = self.encoder.run(None, {self.encoder.get_inputs()[0].name: x})
+        self.features = self._run_encoder(x)
         self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
         self.input_size = input_size
         self.is_image_set = True
@@ -218,12 +215,64 @@ class OnnxSamPredictor:
             "has_mask_input": np.array([1.0 if mask is not None else 0.0], np.float32),
             "orig_im_size": np.array(self.original_size, np.float32),
         }
-        masks, scores, low = self.decoder.run(None, feeds)
+        masks, scores, low = self._run_decoder(feeds)
         sel = slice(1, None) if multimask_output else slice(0, 1)
-        masks, scores, low = masks[0, sel], scores[0, sel], low[0, sel]
-        if self.static_size:  # (C, S, S) over the padded square: crop, then to the original size
-            h, w = self.input_size
-            masks = resize_bilinear(masks[:, :h, :w], *self.original_size)
+        scores, low = scores[0, sel], low[0, sel]
+        h, w = self.input_size
+        if masks is None:  # low-res logits only: up to the padded square, as Sam.postprocess_masks
+            masks = resize_bilinear(low, self.img_size, self.img_size)[:, :h, :w]
+            masks = resize_bilinear(masks, *self.original_size)
+        elif self.static_size:  # (C, S, S) over the padded square: crop, then to the original size
+            masks = resize_bilinear(masks[0, sel, :h, :w], *self.original_size)
+        else:
+            masks = masks[0, sel]
         if not return_logits:
             masks = masks > self.mask_threshold
+        return masks, scores, low
+
+
+class OnnxSamPredictor(ExportedSamPredictor):
+    """``SamPredictor`` on an exported model folder (``encoder.onnx``, ``decoder.onnx``,
+    ``metadata.json``), on onnxruntime.
+
+    ``providers``: onnxruntime execution providers (default CPU); ``num_threads``: intra-op
+    threads (default: onnxruntime's choice). Either graph may be given separately
+    (``encoder=`` / ``decoder=`` paths), e.g. to use a quantised encoder.
+    """
+
+    def __init__(
+        self,
+        model_dir: PathLike,
+        *,
+        providers: Optional[Sequence[str]] = None,
+        num_threads: Optional[int] = None,
+        encoder: Optional[PathLike] = None,
+        decoder: Optional[PathLike] = None,
+    ) -> None:
+        folder = Path(model_dir)
+        self._read_metadata(read_export_metadata(folder, "repvit-sam-onnx", "ONNX", "repvit-sam export onnx"))
+        m = self.metadata
+
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        providers = list(providers) if providers else ["CPUExecutionProvider"]
+
+        def session(path: Optional[PathLike], default: str):
+            p = Path(path) if path is not None else folder / m.get("files", {}).get(default.split(".")[0], default)
+            if not p.is_file():
+                raise OnnxModelError(f"{p} not found (exported with the {default.split('.')[0]} left out?)")
+            return ort.InferenceSession(str(p), sess_options=options, providers=providers)
+
+        self.encoder = session(encoder, "encoder.onnx")
+        self.decoder = session(decoder, "decoder.onnx")
+        self.reset_image()
+
+    def _run_encoder(self, x: np.ndarray) -> np.ndarray:
+        return self.encoder.run(None, {self.encoder.get_inputs()[0].name: x})[0]
+
+    def _run_decoder(self, feeds: Dict[str, np.ndarray]) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+        masks, scores, low = self.decoder.run(None, feeds)
         return masks, scores, low

@@ -1,4 +1,4 @@
-"""``repvit-sam export onnx|coreml``: write a model's encoder and decoder for other runtimes.
+"""``repvit-sam export onnx|coreml|executorch|tflite``: write a model's encoder and decoder for other runtimes.
 
 Only argparse and pathlib at import time; torch, onnx and coremltools load inside ``run``.
 """
@@ -62,6 +62,54 @@ def run_coreml(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_mobile(args: argparse.Namespace) -> int:
+    """Export the image encoder and the prompt decoder for on-device runtimes, delegated to
+    XNNPACK (see docs/mobile.md)."""
+    from ..cli import UsageError
+    from .onnx import ExportError, require
+
+    if args.format == "executorch":
+        from .executorch import check_options, export_executorch as export
+
+        module = "executorch"
+    else:
+        from .tflite import check_options, export_tflite as export
+
+        module = "litert_torch"
+    try:  # options first (no weights loaded for a bad command line)
+        check_options(args.quantize, args.calibration, args.max_points)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    if args.calibration is not None and not args.calibration.is_dir():
+        raise UsageError(f"--calibration: folder not found: {args.calibration}")
+    require(module, "mobile")
+    model, name = _load(args)
+    paths = export(
+        model, args.output, name=name, checkpoint=args.checkpoint, quantize=args.quantize, calibration=args.calibration,
+        preprocess=args.preprocess, max_points=args.max_points, log=_log, **_parts(args),
+    )
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {args.output}")
+    return 0
+
+
+def _add_mobile(fmt: argparse._SubParsersAction, name: str, quantize, help: str) -> None:
+    from ..cli import add_model_args, add_output_arg
+    from .mobile import DEFAULT_MAX_POINTS
+
+    m = fmt.add_parser(name, help=help, description=run_mobile.__doc__)
+    add_output_arg(m, "output folder")
+    m.add_argument("--quantize", metavar="|".join(quantize), help=f"{' or '.join(quantize)} (default: fp32)")
+    m.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="int8: a folder of images like the ones the app will see (default: scikit-image's sample photos)")
+    m.add_argument("--preprocess", action="store_true",
+                   help="the encoder takes the resized RGB image in 0..255 (top-left of S x S) and its (h, w), and normalises and pads it itself")
+    m.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
+                   help=f"point slots of the decoder: clicks + 2 for a box (or 1 padding point) (default {DEFAULT_MAX_POINTS})")
+    m.add_argument("--only", choices=("encoder", "decoder"), help="export one part only")
+    add_model_args(m)
+    m.set_defaults(step=run_mobile)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """One sub-command per format; each sets ``step``, the function ``run`` calls."""
     from ..cli import add_model_args, add_output_arg
@@ -88,7 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(c)
     c.set_defaults(step=run_coreml)
 
+    _add_mobile(fmt, "executorch", ("int8",), "encoder.pte + decoder.pte for ExecuTorch (XNNPACK), fp32 or int8")
+    _add_mobile(fmt, "tflite", ("fp16", "int8"), "encoder.tflite + decoder.tflite for LiteRT (XNNPACK), fp32, fp16 or int8")
+
 
 def run(args: argparse.Namespace) -> int:
     return int(args.step(args))
-
