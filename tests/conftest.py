@@ -52,6 +52,15 @@ def vit_t_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny models run fastest so on a shared 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(argv, capsys):
     """``repvit-sam ARGV`` in-process -> (exit status, stdout, stderr)."""
     from repvit_sam.cli import main

@@ -13,7 +13,7 @@ from torch import nn
 
 import repvit_sam.backends as backends
 from repvit_sam import build_from_config
-from repvit_sam.backends import BACKENDS, INFO, BackendError, available_backends, calibration_images, prepare_encoder
+from repvit_sam.backends import BACKENDS, INFO, MOBILE_BACKENDS, BackendError, available_backends, calibration_images, prepare_encoder
 from repvit_sam.inference.predictor import SamPredictor
 
 from conftest import TINY, randomize_
@@ -27,7 +27,8 @@ TOLERANCE = {"fp32": (1 - 1e-9, 1e-5), "bf16": (0.999, 3e-2), "fp16": (0.999, 1e
 
 # Every CPU backend on tiny RepViT (the model this package is about); the exported ones on the
 # transformer encoders too (their graphs have attention, reshapes and relative positions).
-CASES = [("repvit", b) for b in BACKENDS if INFO[b].device == "cpu" and b not in ("eager", "compile")]
+# (The on-device backends are tested in tests/test_mobile.py, which shares their slow exports.)
+CASES = [("repvit", b) for b in BACKENDS if INFO[b].device == "cpu" and b not in ("eager", "compile", *MOBILE_BACKENDS)]
 CASES += [(m, b) for m in ("vit_t", "vit_b") for b in ("onnxruntime", "openvino", "openvino-bf16")] + [("vit_t", "int8")]
 
 

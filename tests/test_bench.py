@@ -13,6 +13,7 @@ from torch import nn
 
 import repvit_sam.backends as backends
 import repvit_sam.bench as bench
+import repvit_sam.measure as measure
 from repvit_sam import build_from_config, cli
 
 from conftest import TINY, randomize_
@@ -26,9 +27,9 @@ def _conv_flop(conv: nn.Conv2d, out: torch.Tensor) -> int:
 def test_gflop_of_one_conv_is_the_hand_formula():
     conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
     # 16 output channels x 16 x 16 output pixels, each 8 x 3 x 3 multiply-accumulates (2 FLOP each)
-    assert bench.count_gflop(conv, (1, 8, 32, 32)) * 1e9 == pytest.approx(2 * 16 * 16 * 16 * 8 * 3 * 3, abs=0.5)
+    assert measure.count_gflop(conv, (1, 8, 32, 32)) * 1e9 == pytest.approx(2 * 16 * 16 * 16 * 8 * 3 * 3, abs=0.5)
     dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
-    assert bench.count_gflop(dw, (2, 12, 10, 10)) * 1e9 == pytest.approx(2 * 2 * 12 * 10 * 10 * 9, abs=0.5)
+    assert measure.count_gflop(dw, (2, 12, 10, 10)) * 1e9 == pytest.approx(2 * 2 * 12 * 10 * 10 * 9, abs=0.5)
 
 
 def test_gflop_of_tiny_repvit_is_the_sum_over_its_convolutions():
@@ -42,14 +43,23 @@ def test_gflop_of_tiny_repvit_is_the_sum_over_its_convolutions():
         encoder(torch.zeros(1, 3, 256, 256))
     for h in hooks:
         h.remove()
-    assert bench.count_gflop(encoder, (1, 3, 256, 256)) * 1e9 == pytest.approx(sum(total), rel=1e-9)
+    assert measure.count_gflop(encoder, (1, 3, 256, 256)) * 1e9 == pytest.approx(sum(total), rel=1e-9)
 
 
-def test_peak_memory_sees_an_allocation():
-    with bench.peak_memory() as mem:
-        block = np.ones(50 * 2**20 // 8)  # 50 MB, touched
-        del block
-    assert mem["peak_mb"] is not None and 45 <= mem["peak_mb"] <= 200
+def test_peak_memory_measures_the_growth_within_the_block():
+    """Peak growth, not absolute size: 200 MB touched and freed before the block do not count,
+    and a 150 MB block peaks 100 MB above a 50 MB one."""
+    before = np.ones(200 * 2**20 // 8)
+    del before
+    peaks = []
+    for mb in (50, 150):
+        with measure.peak_memory() as mem:
+            block = np.ones(mb * 2**20 // 8)  # touched
+            del block
+        peaks.append(mem["peak_mb"])
+    assert None not in peaks
+    assert 50 * 0.98 <= peaks[0] < 150, peaks  # the 200 MB from before the block would show here
+    assert peaks[1] - peaks[0] == pytest.approx(100, abs=15), peaks
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +77,7 @@ def test_report_layout_and_numbers(tiny_report):
     assert r["machine"]["threads"] == torch.get_num_threads() and r["machine"]["matmul_gflops"]["fp32"] > 0
     rows = r["results"]
     assert [row["backend"] for row in rows][:3] == ["eager", "fused", "bf16"]  # eager first: the reference
-    gflop = bench.count_gflop(randomize_(build_from_config(TINY["repvit"])).image_encoder, (1, 3, 256, 256))
+    gflop = measure.count_gflop(randomize_(build_from_config(TINY["repvit"])).image_encoder, (1, 3, 256, 256))
     for row in rows:
         assert set(bench.RESULT_KEYS) <= set(row) and row["model"] == "tiny" and row["note"] == ""
         assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
@@ -209,5 +219,5 @@ def test_module_entry_point_is_the_subcommand(capsys):
 
 def test_matmul_peak_is_the_better_of_start_and_end():
     machine = {"matmul_gflops": {"fp32": 100.0, "bf16": None, "int8": 50.0}}
-    bench._update_peaks(machine, {"matmul_gflops": {"fp32": 90.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}})
+    measure.update_peaks(machine, {"matmul_gflops": {"fp32": 90.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}})
     assert machine == {"matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}}

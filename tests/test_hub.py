@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import repvit_sam
+import repvit_sam.download
 from repvit_sam import hub
 from repvit_sam.hub import (
     CheckpointNotFoundError,
@@ -375,7 +376,9 @@ def test_sidecar_is_used_while_size_and_mtime_match(tmp_path, monkeypatch):
     digest = file_sha256(f)
     assert digest == sha(b"abc" * 1000)
     calls = []
-    monkeypatch.setattr(hub, "_hash_file", lambda p: calls.append(p) or "f" * 64)
+    import repvit_sam.download as dl
+
+    monkeypatch.setattr(dl, "file_sha256_uncached", lambda p: calls.append(p) or "f" * 64)
     assert file_sha256(f) == digest and calls == []  # from the sidecar
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -440,7 +443,7 @@ def test_resolve_downloads_into_home_and_verifies(server, official, home, vit_t_
 
 def test_resolve_again_uses_cache_without_network_or_rehash(server, official, home, monkeypatch):
     first = resolve_checkpoint("vit_t", progress=False)
-    monkeypatch.setattr(hub, "_hash_file", lambda p: pytest.fail("hashed again"))
+    monkeypatch.setattr(repvit_sam.download, "file_sha256_uncached", lambda p: pytest.fail("hashed again"))
     server.files.clear()  # any request would now be a 404
     assert resolve_checkpoint("vit_t", progress=False) == first
     assert len(server.requests) == 1
@@ -457,7 +460,7 @@ def test_explicit_checkpoint_wins_and_never_touches_network(server, official, ho
     (home / "mobile_sam.pt").write_bytes(b"cached, but not asked for")
     explicit = tmp_path / "mine.pt"
     explicit.write_bytes(b"anything: checked when the model loads it")
-    monkeypatch.setattr(hub, "_hash_file", lambda p: pytest.fail("explicit files are not hashed"))
+    monkeypatch.setattr(repvit_sam.download, "file_sha256_uncached", lambda p: pytest.fail("explicit files are not hashed"))
     assert resolve_checkpoint("vit_t", explicit) == explicit
     assert resolve_checkpoint("vit_t", str(explicit), download=False) == explicit
     assert server.requests == []

@@ -58,7 +58,7 @@ def test_lossless_round_trip(tmp_path: Path, suffix: str, save_kwargs: dict) -> 
 
 
 def test_large_images_are_copied_in_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import repvit_sam.io as rio
+    import repvit_sam.image as rio
 
     source = _noise(50, 7)
     path = tmp_path / "img.png"

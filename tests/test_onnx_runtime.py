@@ -161,7 +161,7 @@ def test_errors(exported, image, tmp_path):
     rt = OnnxSamPredictor(d)
     with pytest.raises(RuntimeError, match=r"set_image\(\.\.\.\) before predict"):
         rt.predict(point_coords=[[1, 1]], point_labels=[1])
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"float.*\[0, 1\]"):  # the predictor's conversion rules and message
         rt.set_image(image.astype(np.float64))
     with pytest.raises(ValueError, match="image_format"):
         rt.set_image(image, image_format="HSV")
@@ -172,3 +172,20 @@ def test_errors(exported, image, tmp_path):
         rt.predict()
     with pytest.raises(PromptError, match="mask_input must be low-res logits of shape"):
         rt.predict(point_coords=[[1, 1]], point_labels=[1], mask_input=np.zeros((1, 256, 256)))
+
+
+def test_runtime_accepts_the_predictors_arrays(exported, image):
+    """16-bit, grey, float-in-[0, 1] and RGBA arrays are converted as SamPredictor converts them."""
+    _, d = exported["repvit"]
+    rt = OnnxSamPredictor(d, num_threads=1)
+    rt.set_image(image)
+    base = rt.get_image_embedding().copy()
+    alpha = np.dstack([image, np.full(image.shape[:2], 7, np.uint8)])
+    for variant in (image.astype(np.uint16) << 8 | 0x5A, image.astype(np.float32) / 255.0, alpha):
+        rt.set_image(variant)
+        np.testing.assert_allclose(rt.get_image_embedding(), base, rtol=0, atol=1e-5)
+    grey = image[..., 1]
+    rt.set_image(grey)
+    g = rt.get_image_embedding().copy()
+    rt.set_image(np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(rt.get_image_embedding(), g)

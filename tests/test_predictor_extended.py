@@ -53,13 +53,16 @@ def test_bad_prompts_give_clear_errors(predictor, kwargs, match):
         predictor.predict(**kwargs)
 
 
-def test_prompt_error_is_a_value_error():
-    assert issubclass(PromptError, ValueError)
-
-
-def test_points_on_the_border_are_accepted(predictor):
-    masks, scores, _ = predictor.predict(np.array([[0, 0], [180, 120]]), np.array([1, -1]))
-    assert masks.shape == (3, 120, 180)
+def test_points_on_the_border_are_accepted_and_map_to_the_frame_edges(predictor):
+    """(0, 0) and (W, H) are inside the image (inclusive bounds) and land on the corners of the
+    resized frame: the same masks as those corners given to predict_torch directly."""
+    masks, scores, low = predictor.predict(np.array([[0, 0], [180, 120]]), np.array([1, -1]))
+    h, w = predictor.input_size
+    coords = torch.tensor([[[0.0, 0.0], [float(w), float(h)]]])
+    ref_masks, ref_scores, ref_low = predictor.predict_torch(coords, torch.tensor([[1, -1]]))
+    np.testing.assert_array_equal(masks, ref_masks[0].numpy())
+    np.testing.assert_allclose(scores, ref_scores[0].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(low, ref_low[0].numpy(), rtol=0, atol=1e-5)
 
 
 def test_many_boxes_equal_one_by_one_and_points_apply_to_each(predictor):

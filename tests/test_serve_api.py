@@ -24,10 +24,11 @@ from repvit_sam.inference.masks import rle_to_mask  # noqa: E402
 from repvit_sam.serve.app import create_app  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=sorted(TINY))
+def model(request):
+    """A random-weight model of each tiny variant."""
     torch.manual_seed(0)
-    return randomize_(build_from_config(TINY["repvit"]), seed=2)
+    return randomize_(build_from_config(TINY[request.param]), seed=2)
 
 
 class EncoderCounter:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from repvit_sam.hub import file_sha256
+from repvit_sam.utils import file_sha256
 from repvit_sam.train.data import read_entries
 from repvit_sam.train.validate import coco_records, prompt_validation
 

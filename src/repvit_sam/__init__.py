@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "VARIANTS": ".config",
     "SamConfig": ".config",
-    "SamAutomaticMaskGenerator": ".inference.automatic",
+    "SamAutomaticMaskGenerator": ".inference.amg",
+    "AmgOptions": ".inference.amg",
     "SamPredictor": ".inference.predictor",
     "ResizeLongestSide": ".inference.transforms",
     "fuse_model": ".modeling.fuse",
@@ -36,7 +37,7 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .config import VARIANTS, SamConfig
-    from .inference.automatic import SamAutomaticMaskGenerator
+    from .inference.amg import AmgOptions, SamAutomaticMaskGenerator
     from .inference.predictor import SamPredictor
     from .inference.transforms import ResizeLongestSide
     from .modeling.fuse import fuse_model

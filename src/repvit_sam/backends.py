@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import importlib
 import importlib.util
 import os
 import shutil
@@ -38,7 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import PIXEL_MEAN, PIXEL_STD
 from .modeling.fuse import fuse_model
+from .utils import require
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,6 +67,10 @@ _INFO: Tuple[BackendInfo, ...] = (
     BackendInfo("openvino", "fp32", "cpu", ("onnx", "openvino"), "OpenVINO, fp32"),
     BackendInfo("openvino-bf16", "bf16", "cpu", ("onnx", "openvino"), "OpenVINO, bfloat16 inference precision"),
     BackendInfo("int8", "int8", "cpu", ("onnx", "openvino", "nncf"), "NNCF post-training int8 quantisation, run by OpenVINO"),
+    BackendInfo("executorch", "fp32", "cpu", ("executorch",), "ExecuTorch, XNNPACK delegate, fp32 (.pte)"),
+    BackendInfo("executorch-int8", "int8", "cpu", ("executorch",), "ExecuTorch, XNNPACK delegate, PT2E static int8"),
+    BackendInfo("litert", "fp32", "cpu", ("litert_torch", "ai_edge_litert"), "LiteRT (TFLite), XNNPACK delegate, fp32 (.tflite)"),
+    BackendInfo("litert-int8", "int8", "cpu", ("litert_torch", "ai_edge_litert"), "LiteRT (TFLite), XNNPACK delegate, PT2E static int8"),
     BackendInfo("cuda", "fp32", "cuda", (), "CUDA, fp32"),
     BackendInfo("cuda-fp16", "fp16", "cuda", (), "CUDA, fp16 autocast + channels_last"),
     BackendInfo("cuda-bf16", "bf16", "cuda", (), "CUDA, bf16 autocast + channels_last"),
@@ -74,6 +79,9 @@ _INFO: Tuple[BackendInfo, ...] = (
 )
 INFO: Dict[str, BackendInfo] = {b.name: b for b in _INFO}
 BACKENDS: Tuple[str, ...] = tuple(INFO)
+
+
+MOBILE_BACKENDS = ("executorch", "executorch-int8", "litert", "litert-int8")  # on-device runtimes: repvit_sam.mobile_backends
 
 
 class BackendError(ValueError):
@@ -103,7 +111,8 @@ def unavailable_reason(name: str) -> Optional[str]:
     info = _check(name)
     missing = _missing_packages(info)
     if missing:
-        return f"backend {name!r} needs {', '.join(missing)}: {FAST_EXTRA}"
+        extra = "pip install 'repvit-sam[mobile]'" if name in MOBILE_BACKENDS else FAST_EXTRA
+        return f"backend {name!r} needs {', '.join(missing)}: {extra}"
     if info.device == "cuda" and not torch.cuda.is_available():
         return f"backend {name!r} needs a CUDA GPU; torch.cuda.is_available() is False here"
     if name == "compile" and shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
@@ -118,10 +127,7 @@ def available_backends() -> Dict[str, Optional[str]]:
 
 
 def _import(module: str, backend: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise BackendError(f"backend {backend!r} needs the {module} package: {FAST_EXTRA}") from None
+    return require(module, "fast", BackendError, what=f"backend {backend!r}")
 
 
 # ---------------------------------------------------------------------------- torch backends
@@ -260,8 +266,8 @@ def calibration_images(size: int, count: int = 8, seed: int = 0) -> List[np.ndar
     smooth colour fields at several scales plus a few solid shapes. Used to calibrate int8 when no
     real images are given."""
     g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     out = []
     for _ in range(count):
@@ -437,6 +443,10 @@ def prepare_encoder(
             return _autocast(fused, torch.bfloat16)
         return _compiled(fused)
     fused = fused.float()
+    if backend in MOBILE_BACKENDS:
+        from .mobile_backends import prepare_mobile
+
+        return prepare_mobile(fused, backend, threads=threads, cache_dir=cache_dir, calibration=calibration, calibration_size=calibration_size)
     if backend == "onnxruntime":
         make = _onnxruntime_runner(threads)
     elif backend in ("openvino", "openvino-bf16"):

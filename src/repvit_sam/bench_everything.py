@@ -63,7 +63,7 @@ def _measure(mode: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     from .hub import load_pretrained
-    from .inference.automatic import SamAutomaticMaskGenerator
+    from .inference.amg import SamAutomaticMaskGenerator
     from .modeling.fuse import fuse_model
     from .registry import build_from_config, build_sam
 
@@ -161,38 +161,26 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", default="repvit")
-    ap.add_argument("--checkpoint", default=None, help="weights (default: random weights, seed 0)")
-    ap.add_argument("--image", default=None, help="image file (default: scikit-image's coffee photo)")
-    ap.add_argument("--size", type=int, default=1024, help="resize the image so its long side is this")
-    ap.add_argument("--points-per-side", type=int, default=32)
-    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["reference", "fast", "fast-bf16", "coarse-to-fine"])
-    ap.add_argument("--filters", choices=sorted(FILTERS), default="default",
-                    help="default: segment_anything's thresholds; none: keep every mask (worst case for post-processing)")
-    ap.add_argument("--json", default=None, help="also write the results here (JSON)")
-
-
 def main(argv: "Optional[List[str]] | argparse.Namespace" = None) -> int:
-    """Command-line entry (``argv``), or ``repvit-sam bench --task everything`` (a Namespace
-    from bench's parser: first of --models, --size, --image, --points-per-side, --modes,
-    --filters, --pretrained; with --json the rows are added under "everything")."""
+    """``python -m repvit_sam.bench_everything ARGS`` is ``repvit-sam bench --task everything ARGS``
+    (bench's one parser). Called by bench with its parsed Namespace: first of --models, --size,
+    --image, --points-per-side, --modes, --filters, --pretrained; with --json the rows are added
+    under "everything" of the report bench wrote."""
     import json
+    import sys
 
     import torch
 
     from .utils import write_json_atomic
 
-    if isinstance(argv, argparse.Namespace):
-        a = argparse.Namespace(
-            model=argv.models[0], checkpoint=None, pretrained=argv.pretrained, image=argv.image, size=argv.size,
-            points_per_side=argv.points_per_side, modes=argv.modes, filters=argv.filters, json=argv.json,
-        )
-    else:
-        ap = argparse.ArgumentParser(prog="python -m repvit_sam.bench_everything", description=__doc__.split("\n\n")[0])
-        add_arguments(ap)
-        a = ap.parse_args(argv)
-        a.pretrained = False
+    if not isinstance(argv, argparse.Namespace):
+        from .cli import main as cli_main
+
+        return cli_main(["bench", "--task", "everything", *(sys.argv[1:] if argv is None else argv)])
+    a = argparse.Namespace(
+        model=argv.models[0], checkpoint=None, pretrained=argv.pretrained, image=argv.image, size=argv.size,
+        points_per_side=argv.points_per_side, modes=argv.modes, filters=argv.filters, json=argv.json,
+    )
     cfg = {k: getattr(a, k) for k in ("model", "checkpoint", "pretrained", "image", "size", "points_per_side", "filters")}
     rows = run(a.modes, cfg)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -206,9 +194,8 @@ def main(argv: "Optional[List[str]] | argparse.Namespace" = None) -> int:
 
         path = Path(a.json)
         data = {"machine": machine, "settings": cfg, "results": rows}
-        if isinstance(argv, argparse.Namespace):  # add to the report bench has just written, if any
-            base = json.loads(path.read_text()) if path.exists() and getattr(argv, "bench_report", None) else {}
-            data = {**base, "everything": {"settings": cfg, "results": rows}}
+        base = json.loads(path.read_text()) if path.exists() and getattr(argv, "bench_report", None) else {}
+        data = {**base, "everything": {"settings": cfg, "results": rows}}
         write_json_atomic(path, data)
     return 1 if any("error" in r for r in rows) else 0
 

@@ -12,9 +12,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
-
-import numpy as np
+from typing import Any, List, Optional, Sequence, Tuple
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -54,12 +52,26 @@ def box_arg(text: str) -> List[float]:
 
 
 # ---------------------------------------------------------------- model loading
+DEVICE_HELP = "torch device (default: cuda, this rank's GPU under torchrun, when a GPU is available; else cpu)"
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device``, the same rule in every command (:func:`repvit_sam.utils.resolve_device`)."""
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+
+
+def add_output_arg(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
+    """``-o/--output`` (every command's output option; ``--out`` is accepted as an alias)."""
+    p.add_argument("-o", "--output", "--out", dest="output", type=Path, required=required, metavar="PATH", help=help)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from .registry import list_models
 
-    p.add_argument("--model", help=f"model name: {', '.join(list_models())} (default repvit; with --checkpoint, detected)")
+    p.add_argument("--model", help=f"model name: {', '.join(list_models())}, or a test-size tiny_* variant "
+                   "(default repvit; with --checkpoint, detected)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file; always wins over the cache / download")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
 
 
 def load_model(args: argparse.Namespace):
@@ -68,6 +80,9 @@ def load_model(args: argparse.Namespace):
     from .modeling.fuse import fuse_model
     from .registry import detect_variant
 
+    from .utils import resolve_device
+
+    args.device = resolve_device(args.device)
     name = args.model
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise UsageError(f"--checkpoint: file not found: {args.checkpoint}")
@@ -77,106 +92,38 @@ def load_model(args: argparse.Namespace):
     return fuse_model(model, inplace=True), name
 
 
-# ---------------------------------------------------------------- segment
-def cmd_segment(args: argparse.Namespace) -> int:
-    from .inference.masks import mask_record
-    from .inference.predictor import SamPredictor
-    from .io import load_image, save_png_atomic
-    from .utils import write_json_atomic
-    from .visualize import mask_to_png, overlay
-
-    if not args.point and not args.box:
-        raise UsageError("segment: give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
-    if not args.image.exists():
-        raise UsageError(f"segment: image not found: {args.image}")
-    image = load_image(args.image)
-    h, w = image.shape[:2]
-    points = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
-    labels = np.array([int(p[2]) for p in args.point]) if args.point else None
-    boxes = np.array(args.box, dtype=np.float64) if args.box else None
-
-    model, name = load_model(args)
-    predictor = SamPredictor(model)
-    predictor.set_image(image)
-    # One point alone is ambiguous: ask for 3 candidates and keep the best, unless --multimask.
-    ambiguous = boxes is None and len(args.point) == 1
-    masks, scores, _ = predictor.predict(points, labels, boxes, multimask_output=args.multimask or ambiguous)
-    if masks.ndim == 3:  # one prompt group -> add the box axis
-        masks, scores = masks[None], scores[None]
-    if ambiguous and not args.multimask:
-        best = scores.argmax(axis=1)
-        masks = masks[np.arange(len(masks)), best][:, None]
-        scores = scores[np.arange(len(scores)), best][:, None]
-
-    out: Path = args.output
-    out.mkdir(parents=True, exist_ok=True)
-    records, flat = [], []
-    for b in range(masks.shape[0]):
-        for k in range(masks.shape[1]):
-            fname = f"mask_{len(flat):03d}.png"
-            save_png_atomic(mask_to_png(masks[b, k]), out / fname)
-            records.append(mask_record(masks[b, k], scores[b, k], file=fname, prompt_index=b, candidate=k))
-            flat.append(masks[b, k])
-    save_png_atomic(overlay(image, flat, points=points, labels=labels, boxes=boxes), out / "overlay.png")
-    write_json_atomic(
-        out / "masks.json",
-        {
-            "image": str(args.image),
-            "height": h,
-            "width": w,
-            "model": name,
-            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-            "prompts": {
-                "points": [] if points is None else [[*map(float, p), int(lbl)] for p, lbl in zip(points, labels)],
-                "boxes": [] if boxes is None else boxes.tolist(),
-            },
-            "masks": records,
-        },
-    )
-    print(f"wrote {len(flat)} mask(s), overlay.png and masks.json to {out}")
-    return EXIT_OK
-
-
-def add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment an image from point and box prompts", description=cmd_segment.__doc__)
-    p.add_argument("image", type=Path, help="image file (JPEG, PNG, TIFF, WebP, BMP)")
-    p.add_argument("--point", type=point_arg, action="append", default=[], metavar="X,Y[,LABEL]",
-                   help="a point in image pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
-    p.add_argument("--box", type=box_arg, action="append", default=[], metavar="X0,Y0,X1,Y1",
-                   help="a box in image pixels; repeatable (each box is segmented separately, with the points)")
-    p.add_argument("--multimask", action="store_true", help="write all 3 candidate masks per prompt")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    add_model_args(p)
-    p.set_defaults(func=cmd_segment)
-
-
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: ``add`` registers its parser on the subparsers action. It is a function or a
-    ``"module:function"`` string, imported only when the parser is built, so ``repvit-sam --help``
-    never imports a feature's heavy optional dependencies (those belong inside its ``run``)."""
+    """A subcommand, registered once: its name and one-line help, and the module that defines
+    ``add_arguments(parser)`` and ``run(args) -> exit status``. The module is imported only when
+    the parser is built, so a feature's heavy optional dependencies belong inside its ``run``."""
 
     name: str
-    add: Union[str, Callable[[argparse._SubParsersAction], None]]
+    help: str
+    module: str
+
+    def load(self) -> Any:
+        return importlib.import_module(self.module, __package__)
 
     def register(self, sub: argparse._SubParsersAction) -> None:
-        add = self.add
-        if isinstance(add, str):
-            module, _, func = add.partition(":")
-            add = getattr(importlib.import_module(module, __package__), func)
-        add(sub)
+        mod = self.load()
+        p = sub.add_parser(self.name, help=self.help, description=self.help)
+        mod.add_arguments(p)
+        p.set_defaults(handler=mod.run)  # not "run": a command may have a --run option
 
 
 COMMANDS = (
-    Command("segment", add_segment),
-    Command("bench", ".bench:add_parser"),
-    Command("everything", ".everything:add_parser"),
-    Command("distill", ".distill.cli:add_parser"),
-    Command("finetune", ".train.finetune:add_parser"),
-    Command("export", ".export.cli:add_parser"),
-    Command("eval", ".evaluation.cli:add_parser"),
-    Command("serve", ".serve.cli:add_parser"),
-    Command("synth", ".synthetic.cli:add_parser"),
+    Command("segment", "segment an image from point and box prompts", ".segment"),
+    Command("everything", "segment everything in images or folders (overlay PNG + SA-1B JSON per image)", ".everything"),
+    Command("bench", "latency of every image-encoder backend side by side, and of the mask decoder", ".bench"),
+    Command("export", "export a model to ONNX, Core ML, ExecuTorch or LiteRT", ".export.cli"),
+    Command("distill", "train your own RepViT-SAM from a SAM teacher (embed, train, export)", ".distill.cli"),
+    Command("finetune", "fine-tune a model on your own instance masks with box / point prompts and correction clicks", ".train.finetune"),
+    Command("eval", "zero-shot benchmarks: COCO, LVIS, SegInW, BSDS, DUTS, MVTec; DAVIS 2017, UVO", ".evaluation.cli"),
+    Command("serve", "web demo: click to segment in the browser", ".serve.cli"),
+    Command("track", "track objects through a video (folder of frames or video file) from point, box or mask prompts", ".video.cli"),
+    Command("synth", "write a synthetic data set, deterministic in --seed: 'images' (PNG + COCO instances JSON + "
+            "SA-1B JSON per image) or 'video' (DAVIS 2017 layout + YouTube-VIS-style JSON)", ".synthetic.cli"),
 )
 
 
@@ -197,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return EXIT_USAGE
-        return int(args.func(args))
+        return int(args.handler(args))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -206,10 +153,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_RUNTIME
     except Exception as e:
         from .inference.prompts import PromptError
+        from .utils import one_line
 
         if debug:
             traceback.print_exc()
-        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        message = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (PromptError, KeyError)) else EXIT_RUNTIME

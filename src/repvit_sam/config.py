@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Tuple, Union
 
 
+# SAM's input normalisation (ImageNet statistics on 0..255 RGB), shared by every variant.
+PIXEL_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)
+PIXEL_STD: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+
 class RepViTBlockCfg(NamedTuple):
     """One RepViT block: 3x3 depthwise token mixer, 2x-expansion GELU channel MLP."""
 
@@ -83,8 +88,8 @@ class SamConfig:
     name: str
     encoder: EncoderConfig
     decoder: PromptDecoderConfig = field(default_factory=PromptDecoderConfig)
-    pixel_mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
-    pixel_std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    pixel_mean: Tuple[float, float, float] = PIXEL_MEAN
+    pixel_std: Tuple[float, float, float] = PIXEL_STD
     description: str = ""
     tiny: bool = False  # a test-size variant (256-px input): no official checkpoint exists
 

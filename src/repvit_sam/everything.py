@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from .utils import IMAGE_SUFFIXES
+
 
 
 @dataclass
@@ -125,6 +126,7 @@ def run_all(generator: Any, jobs: Iterable[Job], outdir: Path, write_masks: bool
     from tqdm import tqdm
 
     from .io import ImageError
+    from .utils import one_line
 
     share = share or Share.from_env()
     mine = [(i, job) for i, job in enumerate(jobs) if share.owns(i)]
@@ -138,7 +140,7 @@ def run_all(generator: Any, jobs: Iterable[Job], outdir: Path, write_masks: bool
         try:
             n = process_image(generator, job, outdir, write_masks, image_id)
         except (ImageError, OSError, ValueError, RuntimeError) as e:
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            text = one_line(e)
             summary.failed.append((job.image, text))
             tqdm.write(f"failed: {job.image}: {text}", file=sys.stderr)
             continue
@@ -148,74 +150,30 @@ def run_all(generator: Any, jobs: Iterable[Job], outdir: Path, write_masks: bool
 
 
 # --------------------------------------------------------------------------- CLI
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import add_model_args, add_output_arg
+    from .inference.amg.options import AmgOptions
 
-    p = sub.add_parser(
-        "everything",
-        help="segment everything in images or folders (overlay PNG + SA-1B JSON per image)",
-        description=__doc__.split("\n\n")[0],
-    )
     p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    add_output_arg(p, "output folder")
     p.add_argument("-r", "--recursive", action="store_true", help="also take images in sub-folders")
     p.add_argument("--masks", action="store_true", help="also write one PNG per mask")
     p.add_argument("--overwrite", action="store_true", help="redo images whose JSON already exists")
-    g = p.add_argument_group("generator (segment_anything's SamAutomaticMaskGenerator parameters)")
-    g.add_argument("--points-per-side", type=int, default=32)
-    g.add_argument("--points-per-batch", type=int, default=64)
-    g.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    g.add_argument("--stability-score-thresh", type=float, default=0.95)
-    g.add_argument("--stability-score-offset", type=float, default=1.0)
-    g.add_argument("--box-nms-thresh", type=float, default=0.7)
-    g.add_argument("--crop-n-layers", type=int, default=0)
-    g.add_argument("--crop-nms-thresh", type=float, default=0.7)
-    g.add_argument("--crop-overlap-ratio", type=float, default=512 / 1500)
-    g.add_argument("--crop-n-points-downscale-factor", type=int, default=1)
-    g.add_argument("--min-mask-region-area", type=int, default=0)
-    s = p.add_argument_group("speed")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="mask decoder precision (default fp32)")
-    s.add_argument("--sampling", choices=("grid", "coarse-to-fine"), default="grid",
-                   help="coarse-to-fine: a sparse grid first, then only the points no mask covers yet")
-    s.add_argument("--coarse-points-per-side", type=int, default=None, help="coarse grid size (default points-per-side / 4)")
-    s.add_argument("--backend", default=None, help="image-encoder backend (see `repvit-sam bench`), default: the fused model")
-    s.add_argument("--impl", choices=("fast", "reference"), default="fast", help="reference: the plain algorithm (slow)")
+    AmgOptions.add_arguments(p)
     add_model_args(p)
-    p.set_defaults(func=run_cli)
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, EXIT_RUNTIME, UsageError, load_model
-    from .inference.automatic import SamAutomaticMaskGenerator
+    from .inference.amg import AmgOptions, SamAutomaticMaskGenerator
 
     try:
         jobs = collect_jobs(args.inputs, args.recursive)
+        options = AmgOptions.from_namespace(args, output_mode="coco_rle")  # checked before the model loads
     except ValueError as e:
         raise UsageError(f"everything: {e}") from None
     model, name = load_model(args)
-    try:
-        generator = SamAutomaticMaskGenerator(
-            model,
-            points_per_side=args.points_per_side,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            stability_score_offset=args.stability_score_offset,
-            box_nms_thresh=args.box_nms_thresh,
-            crop_n_layers=args.crop_n_layers,
-            crop_nms_thresh=args.crop_nms_thresh,
-            crop_overlap_ratio=args.crop_overlap_ratio,
-            crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
-            min_mask_region_area=args.min_mask_region_area,
-            output_mode="coco_rle",
-            impl=args.impl,
-            precision=args.precision,
-            sampling=args.sampling,
-            coarse_points_per_side=args.coarse_points_per_side,
-            backend=args.backend,
-        )
-    except ValueError as e:
-        raise UsageError(f"everything: {e}") from None
+    generator = SamAutomaticMaskGenerator.from_options(model, options)
     args.output.mkdir(parents=True, exist_ok=True)
     summary = run_all(generator, jobs, args.output, write_masks=args.masks, overwrite=args.overwrite)
     for path, why in summary.failed:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
+from .image import resize_longest_side, to_rgb_uint8
+from .utils import require
 from .inference.prompts import check_boxes, check_mask_input, check_points, check_prompt_given
 
 Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -33,17 +34,7 @@ class OnnxModelError(RuntimeError):
 
 
 def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise OnnxModelError("onnxruntime is not installed: pip install onnxruntime (or 'repvit-sam[export]')") from None
-    return onnxruntime
-
-
-def preprocess_shape(h: int, w: int, long_side: int) -> Tuple[int, int]:
-    """(h, w) scaled so that the long side is ``long_side``, rounded half up (as ResizeLongestSide)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return require("onnxruntime", "export", OnnxModelError)
 
 
 def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -64,51 +55,39 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
 
 
-def _to_rgb_uint8(image: Any) -> np.ndarray:
-    """A PIL image or an (H, W), (H, W, 3) or (H, W, 4) uint8 array -> (H, W, 3) uint8."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image must be a uint8 array (or a PIL image), got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"image must have shape (H, W, 3), (H, W, 4) or (H, W), got {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {arr.shape}")
-    return arr[:, :, :3]
+def read_export_metadata(folder: PathLike, fmt: str, what: str, command: str, error: type = OnnxModelError) -> Dict[str, Any]:
+    """``folder/metadata.json`` of an export, checked to have ``"format": fmt``. Errors are
+    ``error`` and name ``what`` (e.g. "ONNX") and ``command``, which writes such folders."""
+    meta_path = Path(folder) / "metadata.json"
+    if not meta_path.is_file():
+        raise error(f"{meta_path} not found: give the folder written by '{command}'")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise error(f"{meta_path} could not be read: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise error(f"{meta_path} is not a repvit-sam {what} export (no format {fmt!r})")
+    return meta
 
 
-class OnnxSamPredictor:
-    """``SamPredictor`` on an exported model folder (``encoder.onnx``, ``decoder.onnx``,
-    ``metadata.json``), on onnxruntime.
+class ExportedSamPredictor:
+    """``SamPredictor``'s numpy API over an exported encoder and decoder: image preparation,
+    prompt checks and mask post-processing shared by every torch-free runtime. A subclass
+    reads its model folder, sets the attributes below from its metadata, and implements
+    ``_run_encoder`` and ``_run_decoder``."""
 
-    ``providers``: onnxruntime execution providers (default CPU); ``num_threads``: intra-op
-    threads (default: onnxruntime's choice). Either graph may be given separately
-    (``encoder=`` / ``decoder=`` paths), e.g. to use a quantised encoder.
-    """
+    metadata: Dict[str, Any]
+    img_size: int
+    pixel_mean: np.ndarray  # (3, 1, 1) float32
+    pixel_std: np.ndarray  # (3, 1, 1) float32
+    image_format: str
+    mask_threshold: float
+    low_res_size: Tuple[int, int]
+    encoder_preprocess: bool  # the encoder normalises and pads the resized image itself
+    static_size: bool  # the decoder's masks are (1, 4, S, S) over the padded square
 
-    def __init__(
-        self,
-        model_dir: PathLike,
-        *,
-        providers: Optional[Sequence[str]] = None,
-        num_threads: Optional[int] = None,
-        encoder: Optional[PathLike] = None,
-        decoder: Optional[PathLike] = None,
-    ) -> None:
-        folder = Path(model_dir)
-        meta_path = folder / "metadata.json"
-        if not meta_path.is_file():
-            raise OnnxModelError(f"{meta_path} not found: give the folder written by 'repvit-sam export onnx'")
-        try:
-            self.metadata: Dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise OnnxModelError(f"{meta_path} could not be read: {e}") from None
-        if self.metadata.get("format") != "repvit-sam-onnx":
-            raise OnnxModelError(f"{meta_path} is not a repvit-sam ONNX export (no format 'repvit-sam-onnx')")
-        m = self.metadata
+    def _read_metadata(self, meta: Dict[str, Any]) -> None:
+        self.metadata = m = meta
         self.img_size = int(m["img_size"])
         self.pixel_mean = np.asarray(m["pixel_mean"], dtype=np.float32).reshape(3, 1, 1)
         self.pixel_std = np.asarray(m["pixel_std"], dtype=np.float32).reshape(3, 1, 1)
@@ -116,24 +95,17 @@ class OnnxSamPredictor:
         self.mask_threshold = float(m.get("mask_threshold", 0.0))
         self.low_res_size = tuple(int(v) for v in m["low_res_size"])
         self.encoder_preprocess = bool(m["encoder_preprocess"])
-        self.static_size = bool(m["decoder_static_size"])
+        self.static_size = bool(m.get("decoder_static_size", True))
 
-        ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        providers = list(providers) if providers else ["CPUExecutionProvider"]
+    def _run_encoder(self, x: np.ndarray) -> np.ndarray:
+        """(1, 3, S, S) normalised padded image (or (1, 3, h, w) in 0..255 when the encoder
+        preprocesses) -> (1, C, e, e) embedding."""
+        raise NotImplementedError
 
-        def session(path: Optional[PathLike], default: str):
-            p = Path(path) if path is not None else folder / m.get("files", {}).get(default.split(".")[0], default)
-            if not p.is_file():
-                raise OnnxModelError(f"{p} not found (exported with the {default.split('.')[0]} left out?)")
-            return ort.InferenceSession(str(p), sess_options=options, providers=providers)
-
-        self.encoder = session(encoder, "encoder.onnx")
-        self.decoder = session(decoder, "decoder.onnx")
-        self.reset_image()
+    def _run_decoder(self, feeds: Dict[str, np.ndarray]) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+        """The ONNX decoder interface's feeds -> (masks or None, iou_predictions, low_res_masks),
+        each with a leading batch axis of 1. ``None`` masks: the decoder gives low-res logits only."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ image
     def reset_image(self) -> None:
@@ -143,8 +115,8 @@ class OnnxSamPredictor:
         self.input_size: Optional[Tuple[int, int]] = None
 
     def _encoder_input(self, rgb: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
-        h, w = preprocess_shape(rgb.shape[0], rgb.shape[1], self.img_size)
-        resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.Resampling.BILINEAR))
+        resized = resize_longest_side(rgb, self.img_size)
+        h, w = resized.shape[:2]
         x = resized.transpose(2, 0, 1).astype(np.float32)  # (3, h, w) in 0..255
         if not self.encoder_preprocess:
             x = (x - self.pixel_mean) / self.pixel_std
@@ -153,15 +125,16 @@ class OnnxSamPredictor:
 
     def set_image(self, image: Any, image_format: str = "RGB") -> None:
         """Compute the embedding of ``image``: (H, W, 3) uint8 in ``image_format`` (RGB or
-        BGR), or a PIL image."""
+        BGR), or any image ``SamPredictor.set_image`` takes (grey, alpha, 16-bit and float
+        arrays, PIL images), converted by :func:`repvit_sam.image.to_rgb_uint8`."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        rgb = _to_rgb_uint8(image)
+        rgb = to_rgb_uint8(image)
         if image_format != self.image_format:
             rgb = rgb[..., ::-1]
         x, input_size = self._encoder_input(rgb)
         self.reset_image()
-        (self.features,) = self.encoder.run(None, {self.encoder.get_inputs()[0].name: x})
+        self.features = self._run_encoder(x)
         self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
         self.input_size = input_size
         self.is_image_set = True
@@ -242,12 +215,64 @@ class OnnxSamPredictor:
             "has_mask_input": np.array([1.0 if mask is not None else 0.0], np.float32),
             "orig_im_size": np.array(self.original_size, np.float32),
         }
-        masks, scores, low = self.decoder.run(None, feeds)
+        masks, scores, low = self._run_decoder(feeds)
         sel = slice(1, None) if multimask_output else slice(0, 1)
-        masks, scores, low = masks[0, sel], scores[0, sel], low[0, sel]
-        if self.static_size:  # (C, S, S) over the padded square: crop, then to the original size
-            h, w = self.input_size
-            masks = resize_bilinear(masks[:, :h, :w], *self.original_size)
+        scores, low = scores[0, sel], low[0, sel]
+        h, w = self.input_size
+        if masks is None:  # low-res logits only: up to the padded square, as Sam.postprocess_masks
+            masks = resize_bilinear(low, self.img_size, self.img_size)[:, :h, :w]
+            masks = resize_bilinear(masks, *self.original_size)
+        elif self.static_size:  # (C, S, S) over the padded square: crop, then to the original size
+            masks = resize_bilinear(masks[0, sel, :h, :w], *self.original_size)
+        else:
+            masks = masks[0, sel]
         if not return_logits:
             masks = masks > self.mask_threshold
+        return masks, scores, low
+
+
+class OnnxSamPredictor(ExportedSamPredictor):
+    """``SamPredictor`` on an exported model folder (``encoder.onnx``, ``decoder.onnx``,
+    ``metadata.json``), on onnxruntime.
+
+    ``providers``: onnxruntime execution providers (default CPU); ``num_threads``: intra-op
+    threads (default: onnxruntime's choice). Either graph may be given separately
+    (``encoder=`` / ``decoder=`` paths), e.g. to use a quantised encoder.
+    """
+
+    def __init__(
+        self,
+        model_dir: PathLike,
+        *,
+        providers: Optional[Sequence[str]] = None,
+        num_threads: Optional[int] = None,
+        encoder: Optional[PathLike] = None,
+        decoder: Optional[PathLike] = None,
+    ) -> None:
+        folder = Path(model_dir)
+        self._read_metadata(read_export_metadata(folder, "repvit-sam-onnx", "ONNX", "repvit-sam export onnx"))
+        m = self.metadata
+
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        providers = list(providers) if providers else ["CPUExecutionProvider"]
+
+        def session(path: Optional[PathLike], default: str):
+            p = Path(path) if path is not None else folder / m.get("files", {}).get(default.split(".")[0], default)
+            if not p.is_file():
+                raise OnnxModelError(f"{p} not found (exported with the {default.split('.')[0]} left out?)")
+            return ort.InferenceSession(str(p), sess_options=options, providers=providers)
+
+        self.encoder = session(encoder, "encoder.onnx")
+        self.decoder = session(decoder, "decoder.onnx")
+        self.reset_image()
+
+    def _run_encoder(self, x: np.ndarray) -> np.ndarray:
+        return self.encoder.run(None, {self.encoder.get_inputs()[0].name: x})[0]
+
+    def _run_decoder(self, feeds: Dict[str, np.ndarray]) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+        masks, scores, low = self.decoder.run(None, feeds)
         return masks, scores, low

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .io import to_rgb_uint8
+from .image import to_rgb_uint8
 
 __all__ = [
     "BOX_COLOR",
@@ -149,7 +149,7 @@ def overlay(
     """Draw masks, points and boxes over ``image``; returns a new RGB Pillow image, size (W, H).
 
     * ``image``: (H, W, 3) uint8 RGB (other layouts are converted by
-      :func:`repvit_sam.io.to_rgb_uint8`); it is not modified.
+      :func:`repvit_sam.image.to_rgb_uint8`); it is not modified.
     * ``masks``: a sequence of (H, W) bool masks, or an (N, H, W) / (H, W) array (e.g. the
       ``masks`` returned by ``SamPredictor.predict``). Mask i is tinted with ``colors[i]``
       (default :func:`random_colors`) as ``round(pixel * (1 - alpha) + color * alpha)`` and

@@ -17,6 +17,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from .utils import one_line
+
 StateDict = Dict[str, torch.Tensor]
 PathLike = str | os.PathLike
 
@@ -60,8 +62,7 @@ def read_checkpoint(path: PathLike) -> Any:
             f"nothing from it was executed. {_HOW_TO_GET}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {one_line(e)}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -6,15 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
+from ..cli import add_device_arg, add_output_arg
+from ..utils import positive_int
 
 
 def _run(module: str):
@@ -36,14 +29,10 @@ def _run(module: str):
     return call
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "distill",
-        help="train your own RepViT-SAM from a SAM teacher (embed, train, export)",
-        description="Decoupled distillation (MobileSAM / RepViT-SAM): store a teacher's image embeddings, "
-        "train a student encoder on them with an MSE loss, export an official-format checkpoint. "
-        "embed and train run under torchrun: torchrun --nproc_per_node K -m repvit_sam distill ...",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Decoupled distillation (MobileSAM / RepViT-SAM): store a teacher's image embeddings, train a
+    student encoder on them with an MSE loss, export an official-format checkpoint. embed and train
+    run under torchrun: torchrun --nproc_per_node K -m repvit_sam distill ..."""
     dsub = p.add_subparsers(dest="distill_command", metavar="STEP", parser_class=type(p))
     dsub.required = True
 
@@ -51,13 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--teacher", default="vit_h", help="teacher model: a variant of the table (default vit_h; tiny_* for smoke runs)")
     e.add_argument("--teacher-checkpoint", type=Path, help="teacher weights (default: the official file, cached or downloaded)")
     e.add_argument("--images", type=Path, required=True, help="image folder (SA-1B layout sa_N.jpg + sa_N.json, or any images)")
-    e.add_argument("--out", type=Path, required=True, help="embeddings folder (created; re-run to resume)")
-    e.add_argument("--shard-size", type=_positive, default=256, help="images per shard (default 256: 512 MiB at 256x64x64 fp16)")
-    e.add_argument("--batch-size", type=_positive, default=4, help="images per teacher forward pass (default 4)")
-    e.add_argument("--limit", type=_positive, help="only the first N images (sorted by name)")
+    add_output_arg(e, "embeddings folder (created; re-run to resume)")
+    e.add_argument("--shard-size", type=positive_int, default=256, help="images per shard (default 256: 512 MiB at 256x64x64 fp16)")
+    e.add_argument("--batch-size", type=positive_int, default=4, help="images per teacher forward pass (default 4)")
+    e.add_argument("--limit", type=positive_int, help="only the first N images (sorted by name)")
     e.add_argument("--workers", type=int, default=2, help="image-decoding worker processes per rank (default 2)")
-    e.add_argument("--device", help="cpu or cuda (default: this rank's GPU when there is one)")
-    e.set_defaults(func=_run("embed"))
+    add_device_arg(e)
+    e.set_defaults(step=_run("embed"))
 
     t = dsub.add_parser("train", help="train a student image encoder on stored teacher embeddings (DDP under torchrun)")
     t.add_argument("--embeddings", type=Path, required=True, help="folder written by `distill embed`")
@@ -69,21 +58,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "default: SA-1B JSONs beside the images)")
     t.add_argument("--trainable", default="image_encoder,mask_decoder",
                    help="phase 2: parts to train (default image_encoder,mask_decoder; the prompt encoder stays frozen)")
-    t.add_argument("--max-instances", type=_positive, default=8, help="phase 2: instances drawn per image and step (default 8)")
+    t.add_argument("--max-instances", type=positive_int, default=8, help="phase 2: instances drawn per image and step (default 8)")
     t.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing in the student encoder (less memory)")
-    t.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, metrics.jsonl, tb/")
+    add_output_arg(t, "run folder: checkpoints/, metrics.jsonl, tb/")
     t.add_argument("--recipe", help="training recipe: paper (phase 1 default), prompt (phase 2 default) or tiny (resuming: the run's)")
     length = t.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive, help="optimiser steps (overrides the recipe's epochs)")
+    length.add_argument("--steps", type=positive_int, help="optimiser steps (overrides the recipe's epochs)")
     length.add_argument("--epochs", type=float, help="epochs (default: the recipe's, 8 for paper)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--batch-size", type=_positive, help="global batch per optimiser step (all ranks)")
-    t.add_argument("--grad-accum", type=_positive, help="micro-steps per optimiser step")
+    t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    t.add_argument("--batch-size", type=positive_int, help="global batch per optimiser step (all ranks)")
+    t.add_argument("--grad-accum", type=positive_int, help="micro-steps per optimiser step")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    t.add_argument("--checkpoint-every", type=_positive, help="optimiser steps between checkpoints")
-    t.add_argument("--val-every", type=_positive, help="optimiser steps between validations (and at the end)")
-    t.add_argument("--log-every", type=_positive, help="optimiser steps between log records")
+    t.add_argument("--checkpoint-every", type=positive_int, help="optimiser steps between checkpoints")
+    t.add_argument("--val-every", type=positive_int, help="optimiser steps between validations (and at the end)")
+    t.add_argument("--log-every", type=positive_int, help="optimiser steps between log records")
     t.add_argument("--val-images", type=int, help="images held out for validation (the last ones)")
     t.add_argument("--seed", type=int, help="data order and initialisation seed")
     t.add_argument("--teacher-checkpoint", type=Path, help="teacher weights for mask mIoU (default: the one embed used)")
@@ -93,12 +82,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bf.add_argument("--no-bf16", dest="bf16", action="store_false", help="full fp32")
     t.add_argument("--no-verify", action="store_true", help="skip the shards' SHA-256 check")
     t.add_argument("--workers", type=int, default=2, help="data-loading worker processes per rank (default 2)")
-    t.add_argument("--device", help="cpu or cuda (default: this rank's GPU when there is one)")
-    t.set_defaults(func=_run("train"))
+    add_device_arg(t)
+    t.set_defaults(step=_run("train"))
 
     x = dsub.add_parser("export", help="run -> official-format checkpoint (student encoder + teacher decoder)")
     x.add_argument("--run", type=Path, required=True, help="run folder of `distill train`")
     x.add_argument("--teacher-checkpoint", type=Path, help="the teacher's full SAM checkpoint (prompt encoder, mask decoder); "
                    "needed for phase-1 runs, whose checkpoint holds the encoder only")
-    x.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write")
-    x.set_defaults(func=_run("export"))
+    add_output_arg(x, "checkpoint file to write")
+    x.set_defaults(step=_run("export"))
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.step(args))
+

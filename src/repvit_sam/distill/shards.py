@@ -16,7 +16,6 @@ them and check each shard's SHA-256 before first use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -24,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..utils import atomic_write, write_json_atomic
+from ..utils import atomic_write, file_sha256, write_json_atomic
 
 FORMAT_VERSION = 1
 PLAN, INDEX = "plan.json", "index.json"
@@ -37,14 +36,6 @@ class ShardError(RuntimeError):
 
 def shard_name(i: int) -> str:
     return f"shard_{i:05d}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_plan(keys: Sequence[str], shard_size: int, meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -76,7 +67,7 @@ def open_plan(out: Path, plan: Dict[str, Any]) -> None:
         if diff:
             raise ShardError(
                 f"{out} already holds embeddings of other work (different {', '.join(diff)}); "
-                f"use a new --out folder, or the original arguments to resume"
+                f"use a new --output folder, or the original arguments to resume"
             )
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +132,7 @@ class EmbeddingStore:
         if not path.exists():
             done = len(list(self.root.glob("shard_*.json"))) if self.root.is_dir() else 0
             if not self.root.is_dir() or not (self.root / PLAN).exists():
-                raise ShardError(f"no embeddings found in {self.root} (no {INDEX}); run `repvit-sam distill embed --out {self.root}` first")
+                raise ShardError(f"no embeddings found in {self.root} (no {INDEX}); run `repvit-sam distill embed --output {self.root}` first")
             total = json.loads((self.root / PLAN).read_text(encoding="utf-8"))["num_shards"]
             raise ShardError(f"embeddings in {self.root} are incomplete ({done} of {total} shards finished); {_RERUN.replace('it', 'the rest')}")
         try:

@@ -77,7 +77,7 @@ class CachedPredictor(SamPredictor):
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         if self.cache is None:
             return super().set_image(image, image_format)
-        from ..io import to_rgb_uint8
+        from ..image import to_rgb_uint8
 
         rgb = to_rgb_uint8(image)
         if image_format != self.model.image_format:
@@ -85,11 +85,7 @@ class CachedPredictor(SamPredictor):
         key = self.cache.image_key(rgb, self.model.image_encoder.img_size)
         entry = self.cache.load(key)
         if entry is not None:
-            self.reset_image()
-            self.features = entry["features"].to(self.device)
-            self.original_size = tuple(int(v) for v in entry["original_size"])
-            self.input_size = tuple(int(v) for v in entry["input_size"])
-            self.is_image_set = True
+            self.set_embedding(entry["features"], entry["original_size"], entry["input_size"])
             self.cache.hits += 1
             return None
         self.cache.misses += 1

@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from ..utils import one_line
+
 
 
 class DatasetError(ValueError):
@@ -56,7 +57,7 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{what} {path} is not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise DatasetError(f"{what} {path} is not valid JSON ({one_line(e, with_type=True)})") from None
 
 
 def _limit(items: List[Any], limit: Optional[int]) -> List[Any]:

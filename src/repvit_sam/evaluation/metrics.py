@@ -10,17 +10,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-EXTRA_HINT = "pip install 'repvit-sam[eval]'"
+def require(module: str) -> Any:
+    """Import an optional dependency of the ``eval`` extra (one line naming the extra if missing)."""
+    from ..utils import require as require_extra
 
-
-def require(module: str, package: str):
-    """Import an optional dependency of the eval extra, or fail with one line saying how to get it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{package} is needed for this evaluation ({e}); install it with {EXTRA_HINT}") from None
+    return require_extra(module, "eval", what="this evaluation")
 
 
 def pyedgeeval(module: str = "pyEdgeEval"):
@@ -30,8 +24,8 @@ def pyedgeeval(module: str = "pyEdgeEval"):
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", DeprecationWarning)
-        require("pyEdgeEval", "pyEdgeEval")
-        return require(module, "pyEdgeEval")
+        require("pyEdgeEval")
+        return require(module)
 
 
 # ------------------------------------------------------------------------------------ masks
@@ -182,7 +176,7 @@ class SodMeter:
     def __init__(self) -> None:
         import warnings
 
-        sod = require("py_sod_metrics", "pysodmetrics")
+        sod = require("py_sod_metrics")
         self._s = sod.Smeasure()
         with warnings.catch_warnings():  # "use FmeasureV2": the classic max-F is what SOD papers report
             warnings.simplefilter("ignore")

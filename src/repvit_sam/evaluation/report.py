@@ -63,7 +63,7 @@ def write_results(out_dir: Path, result: TaskResult, model: Dict[str, Any], extr
         "protocol": result.protocol,
         **(extra or {}),
         "overall": result.overall,
-        "per_image": result.per_image,
+        ("per_image" if result.unit == "images" else f"per_{result.unit.rstrip('s')}"): result.per_image,
     }
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     write_json_atomic(json_path, _clean(doc))
@@ -71,7 +71,7 @@ def write_results(out_dir: Path, result: TaskResult, model: Dict[str, Any], extr
     md = [
         f"# repvit-sam eval {result.task}",
         "",
-        f"Model: `{model.get('name')}` (checkpoint sha256 `{str(ckpt)[:16]}…`), {len(result.per_image)} images.",
+        f"Model: `{model.get('name')}` (checkpoint sha256 `{str(ckpt)[:16]}…`), {len(result.per_image)} {result.unit}.",
         "",
         markdown_table(result.table),
         "",

@@ -1,4 +1,4 @@
-"""``repvit-sam export onnx|coreml``: write a model's encoder and decoder for other runtimes.
+"""``repvit-sam export onnx|coreml|executorch|tflite``: write a model's encoder and decoder for other runtimes.
 
 Only argparse and pathlib at import time; torch, onnx and coremltools load inside ``run``.
 """
@@ -62,15 +62,63 @@ def run_coreml(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_args
+def run_mobile(args: argparse.Namespace) -> int:
+    """Export the image encoder and the prompt decoder for on-device runtimes, delegated to
+    XNNPACK (see docs/mobile.md)."""
+    from ..cli import UsageError
+    from .onnx import ExportError, require
 
-    p = sub.add_parser("export", help="export a model to ONNX or Core ML", description="Export a model's image encoder and prompt decoder for other runtimes (docs/export.md).")
+    if args.format == "executorch":
+        from .executorch import check_options, export_executorch as export
+
+        module = "executorch"
+    else:
+        from .tflite import check_options, export_tflite as export
+
+        module = "litert_torch"
+    try:  # options first (no weights loaded for a bad command line)
+        check_options(args.quantize, args.calibration, args.max_points)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    if args.calibration is not None and not args.calibration.is_dir():
+        raise UsageError(f"--calibration: folder not found: {args.calibration}")
+    require(module, "mobile")
+    model, name = _load(args)
+    paths = export(
+        model, args.output, name=name, checkpoint=args.checkpoint, quantize=args.quantize, calibration=args.calibration,
+        preprocess=args.preprocess, max_points=args.max_points, log=_log, **_parts(args),
+    )
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {args.output}")
+    return 0
+
+
+def _add_mobile(fmt: argparse._SubParsersAction, name: str, quantize, help: str) -> None:
+    from ..cli import add_model_args, add_output_arg
+    from .mobile import DEFAULT_MAX_POINTS
+
+    m = fmt.add_parser(name, help=help, description=run_mobile.__doc__)
+    add_output_arg(m, "output folder")
+    m.add_argument("--quantize", metavar="|".join(quantize), help=f"{' or '.join(quantize)} (default: fp32)")
+    m.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="int8: a folder of images like the ones the app will see (default: scikit-image's sample photos)")
+    m.add_argument("--preprocess", action="store_true",
+                   help="the encoder takes the resized RGB image in 0..255 (top-left of S x S) and its (h, w), and normalises and pads it itself")
+    m.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
+                   help=f"point slots of the decoder: clicks + 2 for a box (or 1 padding point) (default {DEFAULT_MAX_POINTS})")
+    m.add_argument("--only", choices=("encoder", "decoder"), help="export one part only")
+    add_model_args(m)
+    m.set_defaults(step=run_mobile)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One sub-command per format; each sets ``step``, the function ``run`` calls."""
+    from ..cli import add_model_args, add_output_arg
+
     fmt = p.add_subparsers(dest="format", metavar="FORMAT", parser_class=type(p))
     fmt.required = True
 
     o = fmt.add_parser("onnx", help="encoder.onnx + decoder.onnx (segment_anything's decoder interface)", description=run_onnx.__doc__)
-    o.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    add_output_arg(o, "output folder")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     o.add_argument("--preprocess", action="store_true",
                    help="the encoder takes the resized RGB image (1, 3, h, w) in 0..255 and normalises and pads it itself")
@@ -78,12 +126,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="static output size: masks come as (1, 4, S, S) over the padded input square (crop and resize them yourself)")
     o.add_argument("--only", choices=("encoder", "decoder"), help="export one part only")
     add_model_args(o)
-    o.set_defaults(func=run_onnx)
+    o.set_defaults(step=run_onnx)
 
     c = fmt.add_parser("coreml", help="encoder.mlpackage + decoder.mlpackage (run on macOS)", description=run_coreml.__doc__)
-    c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    add_output_arg(c, "output folder")
     c.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="compute precision (default fp16)")
     c.add_argument("--max-points", type=int, default=16, help="largest number of points the decoder accepts (default 16)")
     c.add_argument("--only", choices=("encoder", "decoder"), help="export one part only")
     add_model_args(c)
-    c.set_defaults(func=run_coreml)
+    c.set_defaults(step=run_coreml)
+
+    _add_mobile(fmt, "executorch", ("int8",), "encoder.pte + decoder.pte for ExecuTorch (XNNPACK), fp32 or int8")
+    _add_mobile(fmt, "tflite", ("fp16", "int8"), "encoder.tflite + decoder.tflite for LiteRT (XNNPACK), fp32, fp16 or int8")
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.step(args))

@@ -25,13 +25,12 @@ dynamic point axis from ``dynamic_axes`` and the data-dependent crop / resize to
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,6 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..modeling.sam import Sam
+from ..utils import file_sha256
+from ..utils import require as require_extra
 
 DEFAULT_OPSET = 17
 ENCODER_FILE = "encoder.onnx"
@@ -165,22 +166,9 @@ def check_parts(encoder: bool, decoder: bool) -> None:
         raise ExportError("nothing to export: both the encoder and the decoder were left out")
 
 
-def file_sha256(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def require(module: str, extra: str = "export"):
-    """Import an optional dependency, or fail with one line naming the extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ExportError(f"{module} is not installed: pip install 'repvit-sam[{extra}]'") from None
+def require(module: str, extra: str = "export") -> Any:
+    """Import an optional dependency, or raise :class:`ExportError` naming the extra to install."""
+    return require_extra(module, extra, ExportError)
 
 
 def decoder_example_inputs(model: Sam, num_points: int = 3, orig_size=(480, 640)):

@@ -14,8 +14,7 @@ import numpy as np
 
 def _coco_rles(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Each record's mask as a pycocotools RLE (bytes counts)."""
-    from .automatic import coco_encode_rle
-    from .masks import mask_to_rle
+    from .masks import coco_encode_rle, mask_to_rle
 
     out = []
     for r in records:

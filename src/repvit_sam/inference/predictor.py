@@ -7,6 +7,7 @@ values and coordinate conventions (XY pixels of the original image, boxes XYXY).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,6 +19,20 @@ from .prompts import PromptError, check_boxes, check_mask_input, check_points, c
 from .transforms import ResizeLongestSide
 
 Prediction = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An embedded image: all a prompt needs, not the pixels.
+
+    features: (1, C, h, w) image embedding (C = 256, h = w = 64 for the official models);
+    original_size: the image's (H, W); input_size: its (h, w) after resizing the long side to
+    the model's input size.
+    """
+
+    features: torch.Tensor
+    original_size: Tuple[int, int]
+    input_size: Tuple[int, int]
 
 # Prompts decoded per call when many boxes are given: bounds the full-resolution logits held
 # at once (chunk x 3 x H x W floats) while keeping the decoder's matrix products large.
@@ -78,7 +93,7 @@ class SamPredictor:
         """Any supported image -> ((1, 3, h, w) uint8 tensor resized for the model, (H, W))."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        from ..io import to_rgb_uint8
+        from ..image import to_rgb_uint8
 
         rgb = to_rgb_uint8(image)  # (H, W, 3) uint8; documents the accepted inputs
         if image_format != self.model.image_format:
@@ -87,11 +102,20 @@ class SamPredictor:
         input_torch = torch.as_tensor(input_image, device=self.device)
         return input_torch.permute(2, 0, 1).contiguous()[None, :, :, :], (rgb.shape[0], rgb.shape[1])
 
+    @torch.no_grad()
+    def embed(self, image: np.ndarray, image_format: str = "RGB") -> ImageEmbedding:
+        """The embedding of ``image`` (as ``set_image`` takes it), without changing the
+        predictor's current image: for callers that keep embeddings themselves (a server's
+        cache, a video) and decode with :meth:`predict_on` or :meth:`set_embedding`."""
+        tensor, original_size = self._prepare(image, image_format)
+        features = self._encode(self.model.preprocess(tensor))
+        return ImageEmbedding(features, original_size, (int(tensor.shape[-2]), int(tensor.shape[-1])))
+
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of ``image``: (H, W, 3) uint8 in ``image_format`` (RGB or BGR).
 
         Grayscale, RGBA, 16-bit and float-in-[0, 1] arrays (and PIL images) are converted to
-        8-bit RGB by :func:`repvit_sam.io.to_rgb_uint8`; other inputs are refused clearly.
+        8-bit RGB by :func:`repvit_sam.image.to_rgb_uint8`; other inputs are refused clearly.
         """
         input_torch, original_size = self._prepare(image, image_format)
         self.set_torch_image(input_torch, original_size)
@@ -117,6 +141,28 @@ class SamPredictor:
         self.features = self._encode(input_image)
         self.is_image_set = True
 
+    def set_embedding(
+        self, features: torch.Tensor, original_size: Tuple[int, int], input_size: Tuple[int, int]
+    ) -> None:
+        """Use an embedding computed earlier (a cache, another process) instead of running the
+        encoder: ``features`` (1, C, h, w) as ``get_image_embedding`` returns it, moved to the
+        model's device; ``original_size`` the image's (H, W); ``input_size`` its (h, w) after
+        ``self.transform`` (long side = the model's input size)."""
+        emb = self.model.prompt_encoder.image_embedding_size
+        channels = self.model.prompt_encoder.embed_dim
+        if not isinstance(features, torch.Tensor) or features.ndim != 4 or features.shape[0] != 1 or tuple(features.shape[1:]) != (channels, *emb):
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"set_embedding expects features of shape (1, {channels}, {emb[0]}, {emb[1]}) for this model, got {shape}")
+        original = tuple(int(v) for v in original_size)
+        expected = self.transform.get_preprocess_shape(original[0], original[1], self.transform.target_length)
+        if tuple(int(v) for v in input_size) != tuple(expected):
+            raise ValueError(f"set_embedding: input_size {tuple(input_size)} does not fit original_size {original}; expected {tuple(expected)}")
+        self.reset_image()
+        self.features = features.to(self.device)
+        self.original_size = original
+        self.input_size = tuple(expected)
+        self.is_image_set = True
+
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding, (1, 256, 64, 64)."""
         self._require_image("get_image_embedding")
@@ -126,7 +172,6 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: Optional[torch.Tensor] = None
-        self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Tuple[int, ...]] = None
         self.input_size: Optional[Tuple[int, ...]] = None
         self._batch: List[Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]] = []
@@ -162,6 +207,23 @@ class SamPredictor:
         assert self.features is not None and self.original_size is not None and self.input_size is not None
         return self._predict_one(
             self.features, self.original_size, self.input_size,
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits,
+        )
+
+    def predict_on(
+        self,
+        embedding: ImageEmbedding,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Prediction:
+        """``predict`` on a given :class:`ImageEmbedding` (from :meth:`embed`) instead of the
+        current image; reads and writes no predictor state, so threads may share a predictor."""
+        return self._predict_one(
+            embedding.features, embedding.original_size, embedding.input_size,
             point_coords, point_labels, box, mask_input, multimask_output, return_logits,
         )
 

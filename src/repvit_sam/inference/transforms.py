@@ -11,8 +11,9 @@ from typing import Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
+
+from ..image import preprocess_shape, resize_longest_side
 
 
 class ResizeLongestSide:
@@ -22,9 +23,7 @@ class ResizeLongestSide:
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Tuple[int, int]:
         """(h, w) after scaling so that max(h, w) == long_side_length, rounded half up."""
-        scale = long_side_length * 1.0 / max(oldh, oldw)
-        newh, neww = oldh * scale, oldw * scale
-        return int(newh + 0.5), int(neww + 0.5)
+        return preprocess_shape(oldh, oldw, long_side_length)
 
     def _xy_scale(self, original_size: Tuple[int, ...]) -> Tuple[float, float]:
         old_h, old_w = original_size
@@ -33,8 +32,7 @@ class ResizeLongestSide:
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (h, w, 3) uint8, PIL bilinear resampling (as the original code)."""
-        h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        return resize_longest_side(image, self.target_length)
 
     def apply_coords(self, coords: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
         """(..., 2) XY in original pixels -> the resized frame (float64 copy)."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import PIXEL_MEAN, PIXEL_STD
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -21,8 +22,8 @@ class Sam(nn.Module):
         image_encoder: nn.Module,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
-        pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
-        pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder

@@ -23,6 +23,7 @@ many pixels, 415 not a decodable image, 422 malformed request (the detail names 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
@@ -32,8 +33,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, WithJsonSchema, model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, WithJsonSchema, create_model,
+    model_validator,
 )
+
+from ..inference.amg.options import AmgOptions
 
 from ..inference.prompts import PromptError
 from ..modeling.sam import Sam
@@ -104,16 +108,38 @@ class PredictResponse(BaseModel):
     scores: List[float] = Field(description="the model's predicted IoU of each mask")
 
 
-class EverythingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+# The generator options a client may set, with the server's own defaults and bounds (tighter
+# than the generator's, to bound the work of one request); help text, types and the
+# generator's own bounds come from AmgOptions.
+SERVED_AMG_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "points_per_side": dict(default=16, le=64),
+    "points_per_batch": dict(le=256),
+    "pred_iou_thresh": dict(ge=0.0, le=1.0),
+    "stability_score_thresh": dict(ge=0.0, le=1.0),
+    "box_nms_thresh": {},
+    "min_mask_region_area": dict(le=100_000),
+}
 
-    points_per_side: StrictInt = Field(16, ge=1, le=64, description="prompt grid of points_per_side^2 points")
-    points_per_batch: StrictInt = Field(64, ge=1, le=256, description="points decoded per model call")
-    pred_iou_thresh: StrictFloat = Field(0.88, ge=0.0, le=1.0, description="keep masks with predicted IoU above this")
-    stability_score_thresh: StrictFloat = Field(0.95, ge=0.0, le=1.0, description="keep masks at least this stable")
-    box_nms_thresh: StrictFloat = Field(0.7, ge=0.0, le=1.0, description="IoU threshold of the box NMS")
-    min_mask_region_area: StrictInt = Field(0, ge=0, le=100_000, description="remove islands and holes smaller than this")
 
+def _amg_fields() -> Dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(AmgOptions)}
+    out: Dict[str, Any] = {}
+    for name, bounds in SERVED_AMG_OPTIONS.items():
+        f = fields[name]
+        meta = {k: v for k, v in (("ge", f.metadata["lo"]), ("le", f.metadata["hi"])) if v is not None}
+        meta.update(bounds)
+        default = meta.pop("default", f.default)
+        kind = StrictInt if "int" in str(f.type) else StrictFloat
+        out[name] = (kind, Field(default, description=f.metadata["help"], **meta))
+    return out
+
+
+_EverythingFields = create_model(
+    "_EverythingFields", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **_amg_fields()
+)
+
+
+class EverythingRequest(_EverythingFields):  # type: ignore[misc,valid-type]
     @model_validator(mode="after")
     def _bounded_work(self) -> "EverythingRequest":
         batches = -(-self.points_per_side**2 // self.points_per_batch)

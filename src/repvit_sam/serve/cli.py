@@ -8,28 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils import positive_float, positive_int
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 EXTRA_HINT = "pip install 'repvit-sam[serve]'"
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -83,7 +65,7 @@ def build_model(args: argparse.Namespace):
     return load_model(args)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Start the web demo: open the printed address in a browser."""
     import sys
 
@@ -112,15 +94,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Serve one page and a JSON API (OpenAPI at /docs): open or drop an image, click to segment.
+    Each image is embedded once; each click is one decoder pass."""
     from ..backends import BACKENDS
     from ..cli import add_model_args
 
-    p = sub.add_parser(
-        "serve", help="web demo: click to segment in the browser",
-        description="Serve one page and a JSON API (OpenAPI at /docs): open or drop an image, click to segment. "
-        "Each image is embedded once; each click is one decoder pass.",
-    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     add_model_args(p)
@@ -128,13 +107,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image-encoder backend (see repvit-sam bench); default: the fused model as it is")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights instead of a checkpoint (to try the page without downloading; masks are noise)")
-    p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest upload in MiB (default 20)")
-    p.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest upload in MiB (default 20)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000,
                    help="largest image in pixels, checked before decoding (default 40000000)")
-    p.add_argument("--cache-size", type=_positive_int, default=16, help="embedded images kept in memory, LRU (default 16)")
+    p.add_argument("--cache-size", type=positive_int, default=16, help="embedded images kept in memory, LRU (default 16)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default info)")
-    p.set_defaults(func=cmd_serve)
 
 
-__all__ = ["add_parser", "cmd_serve"]
+__all__ = ["add_arguments", "run"]

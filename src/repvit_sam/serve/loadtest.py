@@ -1,6 +1,6 @@
 """A bounded load test of ``repvit-sam serve`` on loopback.
 
-    python -m repvit_sam.serve.loadtest --model tiny --clients 20 --clicks 50
+    python -m repvit_sam.serve.loadtest --model tiny_repvit --clients 20 --clicks 50
     python -m repvit_sam.serve.loadtest --model repvit            # full size, random weights
 
 It starts the server in a child process on a free 127.0.0.1 port (random weights: no download),
@@ -27,27 +27,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
-def _tiny_model():
-    """A small RepViT-SAM (256-pixel input, 16 x 16 embedding) with random weights."""
-    import torch
-
-    from ..config import PromptDecoderConfig, RepViTBlockCfg, RepViTConfig, SamConfig
-    from ..modeling.fuse import fuse_model
-    from ..registry import build_from_config
-
-    blocks = tuple(
-        RepViTBlockCfg(ch, se, stride)
-        for ch, se, stride in ((24, True, 1), (24, False, 1), (40, False, 2), (40, True, 1), (56, False, 2), (64, True, 1))
-    )
-    decoder = PromptDecoderConfig(
-        embed_dim=32, image_embedding_size=16, mask_in_chans=8,
-        transformer_heads=2, transformer_mlp_dim=64, iou_head_hidden_dim=32,
-    )
-    cfg = SamConfig("loadtest_tiny", RepViTConfig(blocks=blocks, stem_channels=24, out_chans=32, img_size=256), decoder)
-    torch.manual_seed(0)
-    return fuse_model(build_from_config(cfg), inplace=True)
-
-
 def _child(args: argparse.Namespace) -> int:
     """The server side: build the model, serve on 127.0.0.1:PORT until killed."""
     import torch
@@ -59,11 +38,8 @@ def _child(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model == "tiny":
-        model = _tiny_model()
-    else:
-        torch.manual_seed(0)
-        model = fuse_model(build_sam(args.model), inplace=True)
+    torch.manual_seed(0)
+    model = fuse_model(build_sam(args.model), inplace=True)
     app = create_app(
         model, model_name=f"{args.model} (random weights)", backend=args.backend, cache_size=max(16, args.clients),
         serialize_model=not args.no_model_lock,
@@ -287,7 +263,8 @@ def run_loadtest(args: argparse.Namespace) -> Dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m repvit_sam.serve.loadtest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny", help="tiny (a small random model) or a model name (random weights); default tiny")
+    p.add_argument("--model", default="tiny_repvit",
+                   help="a model name, random weights (default tiny_repvit: the test-size RepViT-SAM, 256-px input)")
     p.add_argument("--backend", default=None, help="image-encoder backend of the server")
     p.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
     p.add_argument("--clicks", type=int, default=50, help="prompts per client (default 50)")
@@ -318,7 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         require_web_stack()
         result = run_loadtest(args)
     except Exception as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+        from ..utils import one_line
+
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     width = max(len(k) for k in result)
     for k, v in result.items():

@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..inference.automatic import SamAutomaticMaskGenerator
+from ..inference.amg import SamAutomaticMaskGenerator
 from ..inference.masks import mask_to_rle
-from ..inference.predictor import SamPredictor
+from ..inference.predictor import ImageEmbedding, SamPredictor
 from ..io import SUPPORTED_FORMATS, ImageError, load_image
 from ..modeling.sam import Sam
 from .cache import LRUCache
@@ -101,12 +101,17 @@ class ImageEntry:
     """An embedded image: everything a prompt needs, not the pixels."""
 
     image_id: str
-    width: int
-    height: int
-    features: torch.Tensor
-    input_size: Tuple[int, int]
+    embedding: ImageEmbedding
     everything_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     progress: Progress = field(default_factory=Progress)
+
+    @property
+    def height(self) -> int:
+        return int(self.embedding.original_size[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.embedding.original_size[1])
 
 
 class _NoLock:
@@ -130,11 +135,7 @@ class _EmbeddedPredictor(SamPredictor):
         e = self._entry
         if tuple(image.shape[:2]) != (e.height, e.width):  # crops would need their own embedding
             raise RuntimeError("the server's mask generator works on the whole image only (crop_n_layers=0)")
-        self.reset_image()
-        self.features = e.features
-        self.original_size = (e.height, e.width)
-        self.input_size = e.input_size
-        self.is_image_set = True
+        self.set_embedding(e.embedding.features, e.embedding.original_size, e.embedding.input_size)
 
     def predict_torch(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         with self._lock:
@@ -147,8 +148,7 @@ class _EmbeddedGenerator(SamAutomaticMaskGenerator):
     reference path)."""
 
     def __init__(self, model: Sam, entry: ImageEntry, lock: Any, **kwargs: Any) -> None:
-        super().__init__(model, crop_n_layers=0, output_mode="coco_rle", **kwargs)
-        self.predictor = _EmbeddedPredictor(model, entry, lock)
+        super().__init__(model, crop_n_layers=0, output_mode="coco_rle", predictor=_EmbeddedPredictor(model, entry, lock), **kwargs)
         self.decode_lock = lock
 
 
@@ -181,12 +181,10 @@ class SegmentationService:
     def _embed(self, image_id: str, image: np.ndarray) -> ImageEntry:
         # No predictor state is touched: the embedding goes straight into the entry, so model
         # calls are functions of their arguments (the lock is about cores, not correctness).
-        tensor, (h, w) = self.predictor._prepare(image, "RGB")
-        input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
         with self.model_lock, torch.inference_mode():
-            features = self.predictor._encode(self.model.preprocess(tensor))
+            emb = self.predictor.embed(image)
             self.encoder_calls += 1
-        return ImageEntry(image_id, int(w), int(h), features, input_size)
+        return ImageEntry(image_id, emb)
 
     def get(self, image_id: str) -> Optional[ImageEntry]:
         return self.cache.get(image_id)
@@ -212,10 +210,7 @@ class SegmentationService:
             coords, labels = arr[:, :2], arr[:, 2].astype(np.int64)
         box_arr = None if box is None else np.asarray(box, dtype=np.float64)
         with self.model_lock, torch.inference_mode():
-            masks, scores, _ = self.predictor._predict_one(
-                entry.features, (entry.height, entry.width), entry.input_size,
-                coords, labels, box_arr, None, multimask, False,
-            )
+            masks, scores, _ = self.predictor.predict_on(entry.embedding, coords, labels, box_arr, None, multimask, False)
         return [mask_to_rle(m) for m in masks], [_finite(s) for s in scores]
 
     def everything(

@@ -6,9 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Tuple
 
-NAME = "synth"
-HELP = ("write a synthetic data set, deterministic in --seed: 'images' (PNG + COCO instances JSON + "
-        "SA-1B JSON per image) or 'video' (DAVIS 2017 layout + YouTube-VIS-style JSON)")
 DEFAULT_SIZE = {"images": (256, 256), "video": (320, 240)}
 DEFAULT_COUNT = {"images": 100, "video": 10}
 
@@ -87,9 +84,3 @@ def run(args: argparse.Namespace) -> int:
     except SynthOutputError as e:
         raise UsageError(str(e)) from None
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(NAME, help=HELP, description=HELP)
-    add_arguments(p)
-    p.set_defaults(func=run)

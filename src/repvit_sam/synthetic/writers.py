@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..inference.masks import mask_to_box_xywh as box_xywh  # the package's box convention
 from ..utils import atomic_write, write_json_atomic
 from .scene import Scene, Video, make_scene, make_video
 from .shapes import KINDS
@@ -46,16 +47,6 @@ class SynthOutputError(ValueError):
 
 
 # -------------------------------------------------------------------------------- mask helpers
-def box_xywh(mask: np.ndarray) -> List[int]:
-    """(H, W) bool -> ``[x0, y0, x1 - x0, y1 - y0]`` over covered pixel indices (SA-1B
-    convention: width/height are one less than the covered extent); ``[0, 0, 0, 0]`` if empty."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if ys.size == 0:
-        return [0, 0, 0, 0]
-    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0]), int(ys[-1] - ys[0])]
-
-
 def inner_point(mask: np.ndarray) -> List[float]:
     """The XY pixel of ``mask`` farthest from its border (first in row-major order on ties)."""
     from scipy.ndimage import distance_transform_edt

@@ -14,30 +14,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ..cli import add_device_arg
+from ..utils import non_negative_int, positive_int
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 if TYPE_CHECKING:
     from torch import nn
 
-HELP = "fine-tune a model on your own instance masks with box / point prompts and correction clicks"
-NAME = "finetune"
 KIND = "repvit_sam.finetune"
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 DEFAULT_TRAINABLE = "image_encoder,mask_decoder"
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _non_negative(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive(text)
 
 
 def parse_trainable(text: str) -> List[str]:
@@ -56,23 +43,23 @@ def parse_trainable(text: str) -> List[str]:
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """Options every trainer job shares (length, batch, optimiser, logging, precision, launch)."""
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive, help="optimiser steps (overrides the recipe's epochs)")
+    length.add_argument("--steps", type=positive_int, help="optimiser steps (overrides the recipe's epochs)")
     length.add_argument("--epochs", type=float, help="epochs over the training images")
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
-    p.add_argument("--batch-size", type=_positive, help="global batch per optimiser step (all ranks)")
-    p.add_argument("--grad-accum", type=_positive, help="micro-steps per optimiser step")
+    p.add_argument("--batch-size", type=positive_int, help="global batch per optimiser step (all ranks)")
+    p.add_argument("--grad-accum", type=positive_int, help="micro-steps per optimiser step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    p.add_argument("--checkpoint-every", type=_positive, help="optimiser steps between checkpoints")
-    p.add_argument("--val-every", type=_positive, help="optimiser steps between validations (and at the end)")
-    p.add_argument("--log-every", type=_positive, help="optimiser steps between log records")
+    p.add_argument("--checkpoint-every", type=positive_int, help="optimiser steps between checkpoints")
+    p.add_argument("--val-every", type=positive_int, help="optimiser steps between validations (and at the end)")
+    p.add_argument("--log-every", type=positive_int, help="optimiser steps between log records")
     p.add_argument("--seed", type=int, help="data order, prompt sampling and initialisation seed")
     bf = p.add_mutually_exclusive_group()
     bf.add_argument("--bf16", dest="bf16", action="store_true", default=None, help="bf16 autocast (default: on for GPUs that support it)")
     bf.add_argument("--no-bf16", dest="bf16", action="store_false", help="full fp32")
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing in the image encoder (less memory, ~30%% more compute)")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes per rank (default 2)")
-    p.add_argument("--device", help="cpu or cuda (default: this rank's GPU when there is one)")
+    add_device_arg(p)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,21 +72,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folder: prepared/, checkpoints/, metrics.jsonl, tb/, validation.json, clicks.png, model.pt")
     p.add_argument("--trainable", default=DEFAULT_TRAINABLE,
                    help=f"parts to train: comma-separated {', '.join(PARTS)}, or all (default {DEFAULT_TRAINABLE})")
-    p.add_argument("--rounds", type=_non_negative, default=2, help="correction rounds after the first prompt (default 2)")
+    p.add_argument("--rounds", type=non_negative_int, default=2, help="correction rounds after the first prompt (default 2)")
     p.add_argument("--box-prob", type=float, default=0.5, help="probability that an instance's first prompt is a box, else a point (default 0.5)")
-    p.add_argument("--max-instances", type=_positive, default=8, help="instances drawn per image and step (default 8)")
-    p.add_argument("--min-area", type=_non_negative, default=16, help="skip instance masks smaller than this many pixels (default 16)")
+    p.add_argument("--max-instances", type=positive_int, default=8, help="instances drawn per image and step (default 8)")
+    p.add_argument("--min-area", type=non_negative_int, default=16, help="skip instance masks smaller than this many pixels (default 16)")
     p.add_argument("--val-data", type=Path, help="held-out annotations (same layouts as --data); default: the last --val-count images of --data")
     p.add_argument("--val-images", type=Path, help="image folder of --val-data")
-    p.add_argument("--val-count", type=_non_negative, default=20, help="images held out of --data when there is no --val-data (default 20)")
-    p.add_argument("--val-clicks", type=_non_negative, default=4, help="correction clicks in validation (default 4)")
+    p.add_argument("--val-count", type=non_negative_int, default=20, help="images held out of --data when there is no --val-data (default 20)")
+    p.add_argument("--val-clicks", type=non_negative_int, default=4, help="correction clicks in validation (default 4)")
     add_training_arguments(p)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(NAME, help=HELP, description=HELP)
-    add_arguments(p)
-    p.set_defaults(func=run)
 
 
 FINETUNE_RECIPE = dict(epochs=8.0, batch_size=8, lr=1e-4, weight_decay=0.01, warmup_fraction=0.05, grad_clip=1.0,

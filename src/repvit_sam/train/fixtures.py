@@ -123,7 +123,7 @@ def main(argv: List[str] | None = None) -> int:
             _cli(["distill", "export", "--run", run, "--teacher-checkpoint", teacher, "-o", target])
         exported[phase] = target
 
-    from ..hub import file_sha256
+    from ..utils import file_sha256
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"teacher.pt": (TEACHER, teacher), "student_mse.pt": (STUDENT, exported["mse"]), "student.pt": (STUDENT, exported["prompt"])}

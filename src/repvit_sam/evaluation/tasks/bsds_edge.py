@@ -12,6 +12,8 @@ diagonal against every annotator: ODS, OIS, AP, R50 over 99 thresholds.
 
 from __future__ import annotations
 
+import argparse
+
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -21,6 +23,11 @@ from ..datasets import Sample, load_bsds_boundaries
 from ..metrics import edge_counts, edge_scores, image_ois, pyedgeeval
 from .common import CHUNK, TaskResult, progress
 
+
+NAME = "bsds-edge"
+HELP = "zero-shot edge detection on BSDS500: ODS, OIS, AP, R50"
+GRID = 16  # default points per side of the dense tasks' grid (0: no grid)
+MAP = 'edge map'  # what the per-image PNGs under OUT/maps show (None: no maps)
 
 def _outer_band(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
@@ -39,7 +46,8 @@ def _mask_edges(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def edge_map(predictor, image: np.ndarray, points_per_side: int = 16, nms_thresh: float = 0.7, edge_nms: bool = True) -> np.ndarray:
     """The (H, W) edge map in [0, 1] of one image (the steps in the module docstring)."""
-    from ...inference.automatic import batched_mask_to_box, build_point_grid, nms
+    from ...inference.amg.utils import build_point_grid, nms
+    from ...inference.masks import batched_mask_to_box
 
     predictor.set_image(image)
     h, w = predictor.original_size
@@ -120,3 +128,22 @@ def run(predictor, samples: List[Sample], points_per_side: int = 16, nms_thresh:
     }
     overall = {"images": len(per_image), **scores}
     return TaskResult("bsds-edge", protocol, overall, per_image, [("BSDS500", {k: scores[k] for k in ("ODS", "OIS", "AP", "R50")})])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ...utils import positive_int
+    from .common import fraction
+
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="BSDS500 split (default test)")
+    p.add_argument("--nms", type=fraction, default=0.7, help="mask box-NMS IoU threshold (default 0.7)")
+    p.add_argument("--thresholds", type=positive_int, default=99, help="edge thresholds (default 99)")
+
+
+def load(args: argparse.Namespace) -> List[Sample]:
+    from ..datasets import bsds_samples
+
+    return bsds_samples(args.data, args.split, args.limit)
+
+
+def evaluate(args: argparse.Namespace, model, predictor, data: List[Sample], maps, show: bool) -> TaskResult:
+    return run(predictor, data, args.points_per_side, args.nms, args.thresholds, maps, show)

@@ -10,14 +10,21 @@ AP_S, AP_M, AP_L. SegInW: the same per dataset folder, then the mean AP over dat
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from ..datasets import CocoDataset, load_detections
 from ..metrics import AP_KEYS, coco_segm_ap
 from .common import TaskResult, decode, progress, select
+
+NAME = "coco-ap"
+HELP = "mask AP with a detector's boxes as prompts (COCO, LVIS, SegInW)"
+GRID = 0  # default points per side of the dense tasks' grid (0: no grid)
+MAP = None  # what the per-image PNGs under OUT/maps show (None: no maps)
 
 SCORE_RULES = ("detector", "detector*iou")
 
@@ -84,3 +91,40 @@ def run(predictor, datasets: Sequence[CocoDataset], detections: Sequence[Path], 
         "seginw_mean": bool(seginw),
     }
     return TaskResult("coco-ap", protocol, overall, per_image, table)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ...utils import positive_int
+    from .common import add_coco_paths
+
+    add_coco_paths(p)
+    p.add_argument("--detections", type=Path, required=True, metavar="PATH",
+                   help="COCO results JSON of detector boxes; with --seginw a folder of <dataset>.json")
+    p.add_argument("--seginw", action="store_true", help="ROOT holds SegInW dataset folders: AP per dataset and their mean")
+    p.add_argument("--max-dets", type=positive_int, default=100, help="detections per image, highest score first (default 100)")
+    p.add_argument("--score-rule", choices=SCORE_RULES, default="detector", help="mask score (default: the detector's)")
+    p.add_argument("--select", choices=("single", "best-score"), default="single", help="mask per box (default single output)")
+
+
+def load(args: argparse.Namespace) -> List[Tuple[CocoDataset, Path]]:
+    from ...cli import UsageError
+    from .. import datasets as D
+
+    if not args.detections.exists():
+        raise UsageError(f"--detections: not found: {args.detections}")
+    if not args.seginw:
+        ann, images = D.default_coco_paths(args.data, args.annotations, args.images)
+        return [(D.load_coco(ann, images, args.limit), args.detections)]
+    if not args.detections.is_dir():
+        raise D.DatasetError(f"--seginw needs --detections to be a folder of <dataset>.json files: {args.detections}")
+    out = []
+    for name, ann, images in D.seginw_datasets(args.data):
+        det = args.detections / f"{name}.json"
+        if not det.is_file():
+            raise D.DatasetError(f"detections for SegInW dataset {name!r} not found: {det}")
+        out.append((D.load_coco(ann, images, args.limit, name=name), det))
+    return out
+
+
+def evaluate(args: argparse.Namespace, model, predictor, data: List[Tuple[CocoDataset, Path]], maps, show: bool) -> TaskResult:
+    return run(predictor, [d for d, _ in data], [p for _, p in data], args.max_dets, args.score_rule, args.select, args.seginw, show)

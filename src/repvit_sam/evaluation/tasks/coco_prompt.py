@@ -10,6 +10,8 @@ each first prompt is chosen by a rule (``single`` / ``best-score`` / ``oracle``)
 
 from __future__ import annotations
 
+import argparse
+
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -18,6 +20,11 @@ from ..datasets import CocoDataset, ann_to_mask
 from ..metrics import mask_iou, mean_iou
 from .common import TaskResult, decode, farthest_point, next_click, progress, select
 
+
+NAME = "coco-prompt"
+HELP = "mIoU from ground-truth box and one-point prompts (COCO / LVIS instances)"
+GRID = 0  # default points per side of the dense tasks' grid (0: no grid)
+MAP = None  # what the per-image PNGs under OUT/maps show (None: no maps)
 
 def run(predictor, dataset: CocoDataset, prompts: Sequence[str] = ("box", "point"), select_box: str = "single",
         select_point: str = "best-score", refine: int = 0, max_instances: Optional[int] = None,
@@ -106,3 +113,41 @@ def run(predictor, dataset: CocoDataset, prompts: Sequence[str] = ("box", "point
         "iou_scale": "percent",
     }
     return TaskResult("coco-prompt", protocol, overall, per_image, [(dataset.name, row)])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ...utils import non_negative_int, positive_int
+    from .common import add_coco_paths
+
+    add_coco_paths(p)
+    p.add_argument("--prompts", default="box,point", help="comma-separated: box, point (default box,point)")
+    p.add_argument("--select-box", choices=("single", "best-score", "oracle"), default="single",
+                   help="mask chosen for a box: single output (default), best predicted IoU of 3, or best true IoU of 3")
+    p.add_argument("--select-point", choices=("single", "best-score", "oracle"), default="best-score",
+                   help="mask chosen for one point (default best-score of 3 candidates)")
+    p.add_argument("--refine", type=non_negative_int, default=0, metavar="K", help="corrective clicks after the first point (default 0)")
+    p.add_argument("--max-instances", type=positive_int, metavar="N", help="at most N instances per image")
+
+
+def _prompts(args: argparse.Namespace) -> List[str]:
+    from ...cli import UsageError
+
+    prompts = [s.strip() for s in args.prompts.split(",") if s.strip()]
+    bad = [s for s in prompts if s not in ("box", "point")]
+    if bad or not prompts:
+        raise UsageError(f"--prompts takes box and/or point, got {args.prompts!r}")
+    if args.refine and "point" not in prompts:
+        raise UsageError("--refine needs point prompts (--prompts point or box,point)")
+    return prompts
+
+
+def load(args: argparse.Namespace) -> CocoDataset:
+    from ..datasets import default_coco_paths, load_coco
+
+    _prompts(args)
+    ann, images = default_coco_paths(args.data, args.annotations, args.images)
+    return load_coco(ann, images, args.limit)
+
+
+def evaluate(args: argparse.Namespace, model, predictor, data: CocoDataset, maps, show: bool) -> TaskResult:
+    return run(predictor, data, _prompts(args), args.select_box, args.select_point, args.refine, args.max_instances, show)

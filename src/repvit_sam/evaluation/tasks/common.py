@@ -24,6 +24,7 @@ class TaskResult:
     overall: Dict[str, Any]
     per_image: List[Dict[str, Any]]
     table: List[Tuple[str, Dict[str, float]]] = field(default_factory=list)
+    unit: str = "images"  # what per_image holds one record of ("sequences" / "videos" for video tasks)
 
 
 def progress(items: Iterable[Any], desc: str, total: Optional[int] = None, enabled: bool = True):
@@ -111,9 +112,23 @@ def next_click(pred: np.ndarray, gt: np.ndarray) -> Optional[Tuple[int, int, int
     return None if best is None else best[1:]
 
 
-def outputs_image_dir(out_dir, name: str):
+# ---------------------------------------------------------------- argument helpers shared by tasks
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return v
+
+
+def add_coco_paths(p: Any) -> None:
     from pathlib import Path
 
-    d = Path(out_dir) / name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    p.add_argument("--annotations", type=Path, metavar="FILE", help="instances JSON (default ROOT/annotations/instances_val2017.json or lvis_v1_val.json)")
+    p.add_argument("--images", type=Path, metavar="DIR", help="images folder (default ROOT/val2017, else ROOT)")
+

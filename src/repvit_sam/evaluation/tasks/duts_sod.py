@@ -12,6 +12,8 @@ F-measure (beta^2 = 0.3) against the binary mask.
 
 from __future__ import annotations
 
+import argparse
+
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -21,12 +23,16 @@ from ..metrics import SodMeter
 from .common import TaskResult, progress
 
 
-def everything(model, predictor, points_per_side: int):
-    from ...inference.automatic import SamAutomaticMaskGenerator
+NAME = "duts-sod"
+HELP = "salient-object segmentation on DUTS-TE: MAE, S-measure, max F"
+GRID = 16  # default points per side of the dense tasks' grid (0: no grid)
+MAP = 'saliency map'  # what the per-image PNGs under OUT/maps show (None: no maps)
 
-    gen = SamAutomaticMaskGenerator(model, points_per_side=points_per_side, output_mode="binary_mask")
-    gen.predictor = predictor  # the caching predictor: the grid reuses the stored embedding
-    return gen
+def everything(model, predictor, points_per_side: int):
+    from ...inference.amg import SamAutomaticMaskGenerator
+
+    # the caching predictor: the grid reuses the stored embedding
+    return SamAutomaticMaskGenerator(model, points_per_side=points_per_side, output_mode="binary_mask", predictor=predictor)
 
 
 def border_fraction(mask: np.ndarray) -> float:
@@ -69,3 +75,20 @@ def run(model, predictor, samples: List[Sample], points_per_side: int = 16, max_
         "metrics": "MAE (own), S-measure and max F-measure beta^2=0.3 (pysodmetrics)",
     }
     return TaskResult("duts-sod", protocol, {"images": len(per_image), **scores}, per_image, [("DUTS-TE", scores)])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .common import fraction
+
+    p.add_argument("--max-border", type=fraction, default=0.2, help="masks covering more of the image border are background (default 0.2)")
+    p.add_argument("--min-area", type=fraction, default=0.005, help="masks smaller than this fraction of the image are ignored (default 0.005)")
+
+
+def load(args: argparse.Namespace) -> List[Sample]:
+    from ..datasets import duts_samples
+
+    return duts_samples(args.data, args.limit)
+
+
+def evaluate(args: argparse.Namespace, model, predictor, data: List[Sample], maps, show: bool) -> TaskResult:
+    return run(model, predictor, data, args.points_per_side, args.max_border, args.min_area, maps, show)

@@ -11,6 +11,8 @@ no candidate). Metric: pixel max-F1 over thresholds, pooling all test pixels of 
 
 from __future__ import annotations
 
+import argparse
+
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -20,6 +22,11 @@ from ..metrics import MaxF1
 from .common import TaskResult, progress
 from .duts_sod import everything
 
+
+NAME = "mvtec-ad"
+HELP = "zero-shot anomaly segmentation on MVTec-AD: pixel max-F1"
+GRID = 16  # default points per side of the dense tasks' grid (0: no grid)
+MAP = 'anomaly map'  # what the per-image PNGs under OUT/maps show (None: no maps)
 
 def anomaly_map(records: List[Dict[str, Any]], shape, max_area: float = 0.1) -> np.ndarray:
     out = np.zeros(shape, dtype=np.float64)
@@ -58,3 +65,21 @@ def run(model, predictor, samples: List[Sample], points_per_side: int = 16, max_
     }
     overall = {"images": len(per_image), "pixel_max_F1": mean_f1, "per_category": per_cat}
     return TaskResult("mvtec-ad", protocol, overall, per_image, table)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .common import fraction
+
+    p.add_argument("--categories", help="comma-separated categories (default: all under ROOT)")
+    p.add_argument("--max-area", type=fraction, default=0.1, help="largest defect candidate, as a fraction of the image (default 0.1)")
+
+
+def load(args: argparse.Namespace) -> List[Sample]:
+    from ..datasets import mvtec_samples
+
+    cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    return mvtec_samples(args.data, cats, args.limit)
+
+
+def evaluate(args: argparse.Namespace, model, predictor, data: List[Sample], maps, show: bool) -> TaskResult:
+    return run(model, predictor, data, args.points_per_side, args.max_area, maps, show)

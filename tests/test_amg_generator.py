@@ -1,4 +1,6 @@
-"""SamAutomaticMaskGenerator: the plain reference algorithm, on a tiny random model (CPU)."""
+"""SamAutomaticMaskGenerator (inference/amg/generator.py): the plain reference algorithm on tiny
+random models (CPU), with segment_anything's records and options.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +9,23 @@ import pytest
 import torch
 
 from repvit_sam import build_from_config
-from repvit_sam.inference.automatic import (
-    SamAutomaticMaskGenerator,
+from repvit_sam.inference.amg import SamAutomaticMaskGenerator
+from repvit_sam.inference.amg.utils import build_point_grid, generate_crop_boxes
+from repvit_sam.inference.masks import (
     area_from_rle,
-    batched_mask_to_box,
-    batched_nms,
-    build_all_layer_point_grids,
-    build_point_grid,
-    calculate_stability_score,
-    coco_encode_rle,
-    generate_crop_boxes,
-    is_box_near_crop_edge,
-    masks_to_uncompressed_rle,
-    nms,
-    remove_small_regions,
+    mask_to_box_xywh,
+    rle_to_mask,
     uncompressed_rle_to_mask,
 )
-from repvit_sam.inference.masks import mask_to_box_xywh, rle_to_mask
 
 from conftest import TINY, randomize_
 
 
-def _sa_bbox(mask: np.ndarray) -> list:
-    """segment_anything's record bbox: XYWH of the inclusive box (covered width - 1)."""
-    x, y, w, h = mask_to_box_xywh(mask)
-    return [x, y, max(w - 1, 0), max(h - 1, 0)]
-
-
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=sorted(TINY))
+def model(request):
+    """A random-weight model of each tiny variant (tiny_repvit, tiny_vit_t, tiny_vit_b)."""
     torch.manual_seed(0)
-    return randomize_(build_from_config(TINY["repvit"]))
+    return randomize_(build_from_config(TINY[request.param]))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +78,7 @@ def test_bbox_and_area_agree_with_mask(records):
     for r in records:
         m = r["segmentation"]
         assert r["area"] == int(m.sum())
-        assert r["bbox"] == _sa_bbox(m)
+        assert r["bbox"] == mask_to_box_xywh(m)
 
 
 def test_output_modes_decode_to_same_masks(model, image, records):
@@ -174,7 +162,7 @@ def test_disc_masks_known_answer(model):
         assert r["predicted_iou"] == pytest.approx(IOUS[k])
         assert r["stability_score"] == pytest.approx(_expected_stability(logits))
         assert r["area"] == int((logits > 0).sum())
-        assert r["bbox"] == _sa_bbox(logits > 0)
+        assert r["bbox"] == mask_to_box_xywh(logits > 0)
         assert r["crop_box"] == [0, 0, 40, 40]
     # e.g. the r=9 disc around (10, 10): pixels 2..18 in x and y
     assert recs[0]["bbox"] == [2, 2, 16, 16]
@@ -292,58 +280,6 @@ def test_box_nms_threshold_zero_leaves_disjoint_boxes(model, image, records):
 
 
 # --------------------------------------------------------------------------- NMS
-def test_nms_known_answer():
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 5]], dtype=torch.float)
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
-    # IoU(0,1) = 81/119 = 0.68; IoU(0,3) = 50/100 = 0.5; IoU(1,3) = 36/114 = 0.32.
-    assert nms(boxes, scores, 0.5).tolist() == [3, 0, 2]  # 0 is not suppressed: 0.5 is not > 0.5
-    assert nms(boxes, scores, 0.49).tolist() == [3, 1, 2]
-    assert nms(boxes, scores, 0.7).tolist() == [3, 0, 1, 2]
-    assert nms(boxes, scores, 0.3).tolist() == [3, 2]
-    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
-
-
-def test_nms_ties_by_index_and_degenerate_boxes():
-    boxes = torch.tensor([[0, 0, 4, 4], [0, 0, 4, 4], [0, 0, 4, 4]], dtype=torch.float)
-    assert nms(boxes, torch.tensor([0.5, 0.5, 0.5]), 0.5).tolist() == [0]
-    assert nms(boxes, torch.tensor([0.5, 0.7, 0.7]), 0.5).tolist() == [1]
-    # zero-area boxes: IoU is 0/0, they never suppress each other
-    zero = torch.zeros(3, 4)
-    assert nms(zero, torch.tensor([0.1, 0.3, 0.2]), 0.5).tolist() == [1, 2, 0]
-
-
-def test_batched_nms_per_category():
-    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=torch.float)
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
-    assert batched_nms(boxes, scores, torch.tensor([0, 1, 0, 1]), 0.5).tolist() == [0, 1, 3]
-    assert batched_nms(boxes, scores, torch.zeros(4), 0.5).tolist() == [0, 3]
-
-
-# --------------------------------------------------------------------------- grids, crops
-def test_point_grid_values():
-    np.testing.assert_allclose(build_point_grid(1), [[0.5, 0.5]])
-    np.testing.assert_allclose(build_point_grid(2), [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])
-    g = build_point_grid(4)
-    assert g.shape == (16, 2)
-    np.testing.assert_allclose(g[:4], [[0.125, 0.125], [0.375, 0.125], [0.625, 0.125], [0.875, 0.125]])
-    np.testing.assert_allclose(g[4], [0.125, 0.375])
-    grids = build_all_layer_point_grids(8, 2, 2)
-    assert [len(x) for x in grids] == [64, 16, 4]
-    np.testing.assert_allclose(grids[2], build_point_grid(2))
-
-
-def test_crop_boxes_one_layer_100x200():
-    boxes, layers = generate_crop_boxes((100, 200), 1, 512 / 1500)
-    # overlap = int(0.3413 * 100 * 1) = 34; crop_w = ceil((34 + 200) / 2) = 117;
-    # crop_h = ceil((34 + 100) / 2) = 67; x0 in {0, 83}, y0 in {0, 33}.
-    assert boxes == [[0, 0, 200, 100], [0, 0, 117, 67], [0, 33, 117, 100], [83, 0, 200, 67], [83, 33, 200, 100]]
-    assert layers == [0, 1, 1, 1, 1]
-    boxes0, layers0 = generate_crop_boxes((100, 200), 0, 0.5)
-    assert boxes0 == [[0, 0, 200, 100]] and layers0 == [0]
-    boxes2, layers2 = generate_crop_boxes((100, 200), 2, 512 / 1500)
-    assert len(boxes2) == 1 + 4 + 16 and layers2.count(2) == 16
-
-
 def test_generate_with_crops(model, image):
     h, w = image.shape[:2]
     recs = _gen(model, crop_n_layers=1).generate(image)
@@ -364,65 +300,6 @@ def test_generate_with_crops(model, image):
 
 
 # --------------------------------------------------------------------------- mask helpers
-def test_stability_score_hand_made():
-    logits = torch.tensor([[[-2.0, -0.5, 0.5], [1.5, 2.5, 0.0]]])
-    # > 1: {1.5, 2.5} -> 2; > -1: {-0.5, 0.5, 1.5, 2.5, 0.0} -> 5
-    assert calculate_stability_score(logits, 0.0, 1.0).tolist() == [pytest.approx(0.4)]
-    # offset 0: (> 0) / (> 0) = 1; threshold 1, offset 0.5: {2.5} / {1.5, 2.5}
-    assert calculate_stability_score(logits, 0.0, 0.0).tolist() == [1.0]
-    assert calculate_stability_score(logits, 1.0, 0.5).tolist() == [0.5]
-    # nothing above the loose threshold: 0, not NaN
-    assert calculate_stability_score(torch.full((2, 3, 3), -5.0), 0.0, 1.0).tolist() == [0.0, 0.0]
-
-
-def test_uncompressed_rle_round_trip():
-    m = np.array([[1, 0, 0], [1, 1, 0]], dtype=bool)
-    (rle,) = masks_to_uncompressed_rle(torch.as_tensor(m)[None])
-    # column-major: [1, 1, 0, 1, 0, 0] -> starts with a zero-length run of 0s
-    assert rle == {"size": [2, 3], "counts": [0, 2, 1, 1, 2]}
-    np.testing.assert_array_equal(uncompressed_rle_to_mask(rle), m)
-    assert area_from_rle(rle) == 3
-    np.testing.assert_array_equal(rle_to_mask(coco_encode_rle(rle)), m)
-    empty, full = masks_to_uncompressed_rle(torch.stack([torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)]))
-    assert empty["counts"] == [6] and full["counts"] == [0, 6]
-    rng = np.random.default_rng(1)
-    rand = rng.random((5, 7, 9)) > 0.5
-    for m2, r2 in zip(rand, masks_to_uncompressed_rle(torch.as_tensor(rand))):
-        np.testing.assert_array_equal(uncompressed_rle_to_mask(r2), m2)
-
-
-def test_batched_mask_to_box_and_crop_edge():
-    masks = torch.zeros(3, 6, 8, dtype=torch.bool)
-    masks[0, 1:3, 2:5] = True
-    masks[1, 5, 7] = True
-    assert batched_mask_to_box(masks).tolist() == [[2, 1, 4, 2], [7, 5, 7, 5], [0, 0, 0, 0]]
-    boxes = torch.tensor([[30, 30, 60, 60], [5, 5, 95, 20], [0, 0, 50, 50], [40, 40, 99, 99]])
-    # crop [100, 0, 200, 100] of a 300x100 image: left crop edge x=100 is inside the image
-    near = is_box_near_crop_edge(boxes, [100, 0, 200, 100], [0, 0, 300, 100])
-    assert near.tolist() == [False, True, True, True]
-    near_full = is_box_near_crop_edge(boxes, [0, 0, 100, 100], [0, 0, 100, 100])
-    assert near_full.tolist() == [False, False, False, False]
-
-
-def test_remove_small_regions():
-    m = np.zeros((10, 10), dtype=bool)
-    m[1:8, 1:8] = True
-    m[4, 4] = False  # a 1-pixel hole
-    m[9, 9] = True  # a 1-pixel island
-    filled, changed = remove_small_regions(m, 3, "holes")
-    assert changed and filled[4, 4] and filled.sum() == m.sum() + 1
-    cleaned, changed = remove_small_regions(filled, 3, "islands")
-    assert changed and not cleaned[9, 9] and cleaned.sum() == 49
-    same, changed = remove_small_regions(cleaned, 3, "islands")
-    assert not changed and (same == cleaned).all()
-    # all islands small: the largest is kept
-    two = np.zeros((6, 6), dtype=bool)
-    two[0, 0] = True
-    two[3:5, 3:5] = True
-    kept, changed = remove_small_regions(two, 100, "islands")
-    assert changed and kept.sum() == 4 and kept[3:5, 3:5].all()
-
-
 def test_min_mask_region_area(model, image):
     area = 30
     recs = _gen(model, min_mask_region_area=area).generate(image)
@@ -431,7 +308,7 @@ def test_min_mask_region_area(model, image):
 
     for r in recs:
         m = r["segmentation"]
-        assert r["area"] == int(m.sum()) and r["bbox"] == _sa_bbox(m)
+        assert r["area"] == int(m.sum()) and r["bbox"] == mask_to_box_xywh(m)
         if m.any():
             lab, n = ndimage.label(m, structure=np.ones((3, 3)))
             sizes = np.bincount(lab.ravel())[1:]

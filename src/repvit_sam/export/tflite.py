@@ -1,0 +1,211 @@
+"""LiteRT (TFLite) export through litert-torch: ``encoder.tflite`` and ``decoder.tflite`` plus
+``metadata.json``, with the interfaces of :mod:`.mobile` (the same as the ExecuTorch files).
+LiteRT's interpreter runs them on its default XNNPACK delegate.
+
+``quantize``: ``None`` (fp32), ``"fp16"`` (weights stored as float16 by ai-edge-quantizer and
+widened when loaded; XNNPACK computes in fp32 on x86 and may use fp16 arithmetic
+on ARM) or ``"int8"`` (encoder: static int8 by ai-edge-quantizer, per-channel int8 weights and int8
+activations whose ranges come from running the float model on a folder of images or on
+scikit-image's sample photos; the decoder stays fp32).
+
+Inputs and outputs are named as in the interface (``image``, ``image_embeddings``, ...), in the
+model's default signature. Conversion imports ``litert_torch`` (the ``mobile`` extra) inside the
+functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..modeling.sam import Sam
+from .manifest import MOBILE_DECODER_INPUTS, MOBILE_DECODER_OUTPUTS
+from .mobile import (
+    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, calibration_set, decoder_example, encoder_example, mobile_metadata,
+)
+from .onnx import ExportError, check_parts, publish, require, staging
+
+FORMAT = "repvit-sam-tflite"
+ENCODER_FILE = "encoder.tflite"
+DECODER_FILE = "decoder.tflite"
+METADATA_FILE = "metadata.json"
+QUANTIZE = (None, "fp16", "int8")
+MOBILE_EXTRA = "mobile"
+
+
+class _Named(nn.Module):
+    """``module`` with keyword inputs and a dict of named outputs: LiteRT's signature then
+    carries the interface's names instead of ``args_0`` / ``output_0``."""
+
+    def __init__(self, module: nn.Module, outputs: Sequence[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.outputs = tuple(outputs)
+
+    def forward(self, **inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out = self.module(*inputs.values())
+        out = out if isinstance(out, tuple) else (out,)
+        return dict(zip(self.outputs, out))
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """litert-torch prints a progress line per conversion step; keep stdout for our own lines."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def convert(module: nn.Module, inputs: Dict[str, torch.Tensor], outputs: Sequence[str], quant_config: Any = None) -> bytes:
+    """``module`` (called with ``inputs``' values in order) converted by litert-torch; the
+    ``.tflite`` bytes."""
+    litert_torch = require("litert_torch", MOBILE_EXTRA)
+    named = _Named(module, outputs)
+    named.training = False  # not .eval(): a quantised GraphModule refuses train / eval switches
+    with _quiet(), torch.no_grad():
+        edge = litert_torch.convert(named, sample_kwargs=inputs, quant_config=quant_config)
+        return bytes(edge.model_content())
+
+
+def _requantize(data: bytes, tmp: Path, configure: Callable[[Any, Any], None], calibration: Optional[List[Dict[str, Any]]] = None) -> bytes:
+    """``data`` (an fp32 ``.tflite``) through ai-edge-quantizer: ``configure(quantizer, (algorithm_manager,
+    qtyping))`` sets the recipe; ``calibration`` (signature inputs, numpy) runs the float model for ranges."""
+    qz = require("ai_edge_quantizer", MOBILE_EXTRA)
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    src, dst = tmp / "float.tflite", tmp / "quantized.tflite"
+    src.write_bytes(data)
+    with _quiet():
+        q = qz.quantizer.Quantizer(str(src))
+        configure(q, (algorithm_manager, qtyping))
+        result = q.calibrate({"serving_default": calibration}, num_threads=1) if calibration else None
+        q.quantize(result).export_model(str(dst), overwrite=True)
+    return dst.read_bytes()
+
+
+def _fp16(data: bytes, tmp: Path) -> bytes:
+    """Weights stored as float16 (ai-edge-quantizer's float casting), widened when loaded."""
+
+    def configure(q: Any, mods: Any) -> None:
+        algorithms, qtyping = mods
+        q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                                 algorithm_key=algorithms.AlgorithmName.FLOAT_CASTING)
+
+    return _requantize(data, tmp, configure)
+
+
+def _int8(data: bytes, tmp: Path, calibration: List[Dict[str, Any]]) -> bytes:
+    """Static int8 (per-channel int8 weights, int8 activations) with ranges from running the
+    float model on ``calibration``: ai-edge-quantizer's ``static_wi8_ai8`` recipe. (litert-torch
+    0.10's own PT2E path fails on this encoder: its layout pass breaks LayerNorm2d's quantised
+    channel mean.)"""
+    from ai_edge_quantizer import recipe
+
+    return _requantize(data, tmp, lambda q, _m: q.load_quantization_recipe(recipe.static_wi8_ai8()), calibration)
+
+
+def _encoder_inputs(preprocess: bool, example: Tuple[torch.Tensor, ...]) -> Dict[str, torch.Tensor]:
+    return dict(zip(("image", "image_size") if preprocess else ("image",), example))
+
+
+def model_bytes(module: nn.Module, inputs: Dict[str, torch.Tensor], outputs: Sequence[str], quantize: Optional[str] = None,
+                calibration: Optional[Sequence[Sequence[torch.Tensor]]] = None, tmp: Optional[Path] = None,
+                log: Callable[[str], None] = lambda _m: None) -> bytes:
+    """``module`` as ``.tflite`` bytes: fp32, "fp16" (float16 weights) or "int8" (static, ranges
+    from ``calibration``: input tuples in ``inputs``' order). ``tmp``: where scratch files go
+    (default: the system's temporary folder)."""
+    if quantize == "int8" and not calibration:
+        raise ExportError("int8: the calibration set is empty")
+    data = convert(module, inputs, outputs)
+    if quantize is None:
+        return data
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+        if quantize == "fp16":
+            return _fp16(data, Path(scratch))
+        feeds = [{k: v.numpy() for k, v in zip(inputs, c)} for c in calibration or []]
+        log(f"int8: calibrating on {len(feeds)} image(s)")
+        return _int8(data, Path(scratch), feeds)
+
+
+def encoder_model(model: Sam, *, preprocess: bool = False, quantize: Optional[str] = None,
+                  calibration: Optional[Sequence[Sequence[torch.Tensor]]] = None, tmp: Optional[Path] = None,
+                  log: Callable[[str], None] = lambda _m: None) -> bytes:
+    """The image encoder as ``.tflite`` bytes (see :func:`model_bytes`)."""
+    enc = MobileImageEncoder(model, preprocess=preprocess).eval()
+    inputs = _encoder_inputs(preprocess, encoder_example(model, preprocess))
+    return model_bytes(enc, inputs, ["image_embeddings"], quantize, calibration, tmp, log)
+
+
+def decoder_model(model: Sam, max_points: int = DEFAULT_MAX_POINTS, fp16: bool = False, tmp: Optional[Path] = None) -> bytes:
+    dec = MobilePromptDecoder(model, max_points).eval()
+    inputs = dict(zip(MOBILE_DECODER_INPUTS, decoder_example(model, max_points)))
+    return model_bytes(dec, inputs, MOBILE_DECODER_OUTPUTS, "fp16" if fp16 else None, tmp=tmp)
+
+
+def check_options(quantize: Optional[str], calibration: Optional[os.PathLike], max_points: int) -> None:
+    """One-line ExportError for options the LiteRT export cannot honour."""
+    if quantize not in QUANTIZE:
+        raise ExportError(f"tflite: --quantize {quantize} is not supported; choose fp16 or int8")
+    if calibration is not None and quantize != "int8":
+        raise ExportError("--calibration is used only with --quantize int8")
+    if max_points < 2:
+        raise ExportError(f"--max-points must be 2 or more (a click and its padding point), got {max_points}")
+
+
+def export_tflite(
+    model: Sam,
+    out_dir: os.PathLike,
+    *,
+    name: str,
+    checkpoint: Optional[os.PathLike] = None,
+    quantize: Optional[str] = None,
+    calibration: Optional[os.PathLike] = None,
+    preprocess: bool = False,
+    max_points: int = DEFAULT_MAX_POINTS,
+    encoder: bool = True,
+    decoder: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Path]:
+    """Write ``encoder.tflite``, ``decoder.tflite`` and ``metadata.json`` into ``out_dir``
+    (atomically, metadata last). Returns the paths written, by key."""
+    check_options(quantize, calibration, max_points)
+    check_parts(encoder, decoder)
+    require("litert_torch", MOBILE_EXTRA)
+    from ..utils import write_json_atomic
+    from .executorch import _version
+
+    say = log or (lambda _msg: None)
+    model = model.eval().cpu().float()
+    calib: List = []
+    calib_text = None
+    if encoder and quantize == "int8":
+        calib, calib_text = calibration_set(model, calibration, preprocess)
+    written: Dict[str, Path] = {}
+    with staging(out_dir, ".tflite-export-") as (out, tmp):
+        files: Dict[str, str] = {}
+        if encoder:
+            say(f"LiteRT: converting the image encoder{f' ({quantize})' if quantize else ''}")
+            data = encoder_model(model, preprocess=preprocess, quantize=quantize, calibration=calib, tmp=tmp, log=say)
+            (tmp / ENCODER_FILE).write_bytes(data)
+            files["encoder"] = ENCODER_FILE
+        if decoder:
+            say("LiteRT: converting the prompt decoder")
+            (tmp / DECODER_FILE).write_bytes(decoder_model(model, max_points, fp16=quantize == "fp16", tmp=tmp))
+            files["decoder"] = DECODER_FILE
+        meta = mobile_metadata(model, name=name, fmt=FORMAT, runtime="litert", quantize=quantize, preprocess=preprocess,
+                               max_points=max_points, files=files, folder=tmp, checkpoint=checkpoint, calibration=calib_text,
+                               exporter=f"torch {torch.__version__} -> litert-torch {_version('litert-torch')}")
+        publish(tmp, out, list(files.values()))
+        written.update((key, out / fname) for key, fname in files.items())
+        write_json_atomic(out / METADATA_FILE, meta)
+        written["metadata"] = out / METADATA_FILE
+    return written

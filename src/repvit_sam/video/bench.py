@@ -1,0 +1,169 @@
+"""``repvit-sam bench --task video``: video tracking speed on a 480p clip, and what the work
+beyond the image encoder costs per frame as a fraction of the encoder's time.
+
+The clip is a synthetic 854x480 sequence (``repvit_sam.synthetic.make_video``) with 5 moving
+objects; the first 1 or 5 of them (``--objects``) are prompted with their frame-0 masks and
+tracked forward with each strategy (``--strategies``). One warm-up run on the first frames,
+then one timed run over ``--video-frames`` frames. Per configuration:
+
+* frames/s over the timed frames (everything: decoding the frame, encoding it, tracking, the
+  decoder passes, upsampling the final masks, re-initialising points);
+* encoder ms per frame (``SamPredictor.set_image``: resize, normalise, encode);
+* other ms per frame (all the rest) and ``overhead`` = other / encoder, the figure the target
+  (<= 0.15 with 5 objects) is about.
+
+Backend: the first of ``--backends``, else the fastest CPU backend available here (OpenVINO
+bf16, then torch bf16, then fused channels-last); a ``cuda*`` backend puts the model on the
+GPU (the report then carries the GPU's name). Random weights unless ``--pretrained``; with
+random weights the predicted-IoU filter is off (``iou_threshold`` 0), so that objects are not
+dropped as empty and every object is decoded, refined and upsampled on every frame: the most
+work per frame (the report says how many masks were non-empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+CPU_PREFERENCE = ("openvino-bf16", "bf16", "fused-cl", "fused")
+GPU_PREFERENCE = ("cuda-bf16", "cuda")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--task video (tracking speed on a 480p clip, first model of --models)")
+    g.add_argument("--video-frames", type=int, default=12, metavar="N", help="timed frames (default 12)")
+    g.add_argument("--objects", type=int, nargs="+", default=[1, 5], metavar="K", help="tracked objects (default 1 5; at most 5)")
+    g.add_argument("--strategies", nargs="+", choices=("points", "mask"), default=["points", "mask"],
+                   help="tracking strategies (default: points mask)")
+    g.add_argument("--refine", type=int, nargs="+", default=[12, 0], metavar="R",
+                   help="refinement passes per frame to measure (default 12 = SAM-PT's, and 0)")
+    g.add_argument("--decoder-precision", choices=("fp32", "bf16"), default="fp32", help="mask decoder arithmetic (default fp32)")
+
+
+def pick_backend(requested: Optional[Sequence[str]]) -> str:
+    from ..backends import available_backends
+
+    if requested:
+        return requested[0]
+    ok = {b for b, reason in available_backends().items() if reason is None}
+    import torch
+
+    for b in (GPU_PREFERENCE if torch.cuda.is_available() else ()) + CPU_PREFERENCE:
+        if b in ok:
+            return b
+    return "fused"
+
+
+def clip(frames: int, height: int = 480, width: int = 854):
+    """The benchmark clip: (frames (T, H, W, 3) uint8, id_maps (T, H, W)), 5 objects."""
+    import numpy as np
+
+    from ..synthetic import make_video
+
+    v = make_video(np.random.default_rng(2024), height, width, num_frames=max(8, frames), num_objects=5, reenter=False,
+                   min_area=0.01, max_area=0.06)
+    return v.frames[:frames], v.id_maps[:frames]
+
+
+def measure(model, backend: str, frames, id_maps, objects: int, options) -> Dict[str, Any]:
+    """One timed run: frames/s, encoder and other ms per frame, overhead ratio."""
+    import numpy as np
+
+    from .predictor import Prompts, VideoPredictor
+
+    vp = VideoPredictor(model, options, backend=backend)
+
+    def prompts() -> Prompts:
+        p = Prompts()
+        for k in range(1, objects + 1):
+            p.add(0, k, mask=id_maps[0] == k)
+        return p
+
+    for _ in vp.propagate(list(frames[:2]), prompts(), "forward"):  # warm-up (backend, caches, allocator)
+        pass
+    vp.encode_seconds, vp.frames_encoded = 0.0, 0
+    nonempty = 0
+    start = time.perf_counter()
+    for r in vp.propagate(list(frames), prompts(), "forward"):
+        nonempty += sum(int(m.any()) for m in r.masks.values())
+    total = time.perf_counter() - start
+    n = len(frames)
+    enc = vp.encode_seconds / n
+    other = total / n - enc
+    return {
+        "objects": objects, "strategy": options.strategy, "refine_iters": options.refine_iters, "frames": n,
+        "fps": n / total, "encoder_ms": 1000 * enc, "other_ms": 1000 * other, "overhead": other / enc if enc > 0 else None,
+        "nonempty_masks": f"{nonempty}/{n * objects}",
+    }
+
+
+def run_video_bench(args: argparse.Namespace) -> Dict[str, Any]:
+    import torch
+
+    from ..bench import _build_model
+    from ..modeling.fuse import fuse_model
+    from .options import VideoOptions
+
+    if any(k < 1 or k > 5 for k in args.objects):
+        from ..cli import UsageError
+
+        raise UsageError("bench --task video: --objects takes 1..5")
+    backend = pick_backend(args.backends)
+    name = args.models[0]
+    model = fuse_model(_build_model(name, args.size, args.pretrained), inplace=True).eval()
+    device = "cuda" if backend.startswith("cuda") else "cpu"
+    model = model.to(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    frames, id_maps = clip(args.video_frames)
+    rows: List[Dict[str, Any]] = []
+    for strategy in args.strategies:
+        for refine in args.refine:
+            opts = VideoOptions(strategy=strategy, refine_iters=refine, decoder_precision=args.decoder_precision,
+                                iou_threshold=VideoOptions.iou_threshold if args.pretrained else 0.0)
+            for k in args.objects:
+                row = measure(model, backend, frames, id_maps, k, opts)
+                rows.append(row)
+                print(f"  {strategy} refine={refine} objects={k}: {row['fps']:.2f} frames/s, overhead {row['overhead']:.3f}",
+                      file=sys.stderr)
+    report = {
+        "task": "video",
+        "date": _dt.date.today().isoformat(),
+        "model": name, "pretrained": bool(args.pretrained), "input_size": args.size, "backend": backend,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "clip": f"synthetic 854x480, {len(frames)} timed frames, 5 moving objects",
+        "decoder_precision": args.decoder_precision, "iou_threshold": VideoOptions.iou_threshold if args.pretrained else 0.0,
+        "target": "overhead <= 0.15 with 5 objects",
+        "rows": rows,
+    }
+    return report
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    lines = [
+        f"Video tracking, {report['model']} ({'official' if report['pretrained'] else 'random'} weights), backend "
+        f"{report['backend']} on {report['device']}, {report['threads']} threads, {report['date']}; {report['clip']}.",
+        "",
+        "| strategy | refine passes | objects | frames/s | encoder ms/frame | other ms/frame | overhead (other / encoder) | non-empty masks |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['strategy']} | {r['refine_iters']} | {r['objects']} | {r['fps']:.2f} | {r['encoder_ms']:.0f} | "
+                     f"{r['other_ms']:.0f} | {r['overhead']:.3f} | {r['nonempty_masks']} |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run_video_bench(args)
+    print(markdown(report))
+    if args.json:
+        from ..utils import write_json_atomic
+
+        path = args.json if len(args.task) == 1 else args.json.with_name(args.json.stem + "_video" + args.json.suffix)
+        write_json_atomic(path, report)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

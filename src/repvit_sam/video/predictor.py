@@ -1,0 +1,586 @@
+"""Track prompted objects through a video with an image SAM.
+
+    vp = VideoPredictor(model, VideoOptions(strategy="points"), backend="openvino-bf16")
+    prompts = Prompts()
+    prompts.add(frame=0, obj_id=1, mask=first_mask)                    # (H, W) bool
+    prompts.add(frame=10, obj_id=2, points=[[320, 240]], labels=[1])   # XY pixels
+    prompts.add(frame=10, obj_id=3, box=[40, 60, 200, 220])            # XYXY pixels
+    for result in vp.propagate("clip.mp4", prompts):                    # or a folder, or arrays
+        result.index, result.masks[1], result.scores[1]                # (H, W) bool, predicted IoU
+
+**Frames** are streamed (:mod:`repvit_sam.video.frames`) and each is embedded once per sweep
+for all objects, on the predictor's encoder backend. **Sweeps:** backward from the last
+prompted frame to frame 0, then forward from the first prompted frame to the end; an object
+joins a sweep at its prompted frame. Frame t's mask of an object prompted on frame p comes
+from the forward sweep if t >= p, else from the backward one. Frames between the first and
+the last prompted frame are in both sweeps: their embeddings are kept from the backward sweep
+(up to ``EMBEDDING_CACHE`` of them) so they are not computed twice.
+
+**Strategies** (``VideoOptions.strategy``), per frame, all objects decoded together in one
+decoder call per pass:
+
+* ``points`` (SAM-PT): each object carries query points, 8 positive (K-Medoids on its mask)
+  and 1 negative (on the inverted mask), moved by the point tracker. Pass 1 prompts with the
+  visible positive points; pass 2 adds the visible negatives, the other objects' visible
+  positive points (as negatives) and pass 1's low-res logits; then ``refine_iters`` passes
+  each add the current mask's box and logits. No visible positive point: an empty mask.
+* ``mask``: the previous frame's mask prompts the next: its box, ``mask_points`` K-Medoids
+  points and its low-res logits; then the same refinement passes.
+
+Either way a mask whose predicted IoU is below ``iou_threshold`` is empty. Refinement boxes
+are read from the low-res (256 x 256) logits; only each frame's final masks are upsampled to
+the frame size.
+
+**Leaving and re-entering.** An object whose mask came out empty is looked for again on each
+later frame (``redetect``): its prototype (the mean of the L2-normalised image embedding under
+its prompted mask) is compared with every cell of the frame's embedding; the best cell not
+covered by another object, if its cosine similarity reaches ``redetect_threshold``, prompts
+the decoder, and the mask is kept if its predicted IoU passes ``iou_threshold`` and its own
+prototype is as similar. Query points are then re-initialised from it. They are also
+re-initialised every ``reinit_every`` frames, and when fewer than ``reinit_below`` of an
+object's positive points are still visible (Lucas-Kanade loses points for good at occlusions).
+
+**Batching.** Objects whose prompts have different numbers of points are decoded in one call
+by padding with SAM's own "not a point" token (label -1), which SAM's predictor also appends
+to every point prompt without a box.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..inference.fast_decoder import FastDecoder
+from ..inference.predictor import SamPredictor
+from ..inference.prompts import PromptError, check_boxes, check_points
+from ..modeling.sam import Sam
+from .frames import FrameSource, FramesLike, open_frames
+from .options import VideoOptions
+from .points import mask_box, mask_points, query_points
+from .trackers import LucasKanadeTracker, PointTracker
+
+EMBEDDING_CACHE = 16  # embeddings of frames shared by both sweeps kept from the backward sweep
+DIRECTIONS = ("both", "forward", "backward")
+
+
+# ---------------------------------------------------------------------------- prompts
+@dataclass
+class ObjectPrompt:
+    """One object's prompt, on one frame. points: (N, 2) XY pixels, labels (N,) 1/0; box: (4,)
+    XYXY pixels; mask: (H, W) bool. A mask prompt stands alone; points and a box combine."""
+
+    obj_id: int
+    frame: int
+    points: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    box: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
+
+
+class Prompts:
+    """The prompts of a video, per object id. ``add`` may be called several times for the same
+    object on the same frame (points accumulate); an object prompted on two frames, given two
+    boxes, or a mask together with other prompts is refused (:class:`PromptError`)."""
+
+    def __init__(self) -> None:
+        self.objects: Dict[int, ObjectPrompt] = {}
+
+    def add(self, frame: int, obj_id: int, points: Optional[object] = None, labels: Optional[object] = None,
+            box: Optional[object] = None, mask: Optional[np.ndarray] = None) -> None:
+        if not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
+            raise PromptError(f"object ids are integers >= 1 (0 is the background), got {obj_id!r}")
+        if not isinstance(frame, (int, np.integer)) or frame < 0:
+            raise PromptError(f"frame must be an integer >= 0, got {frame!r}")
+        obj_id, frame = int(obj_id), int(frame)
+        if points is None and box is None and mask is None:
+            raise PromptError(f"object {obj_id}: give points, a box or a mask")
+        if points is None and labels is not None:
+            raise PromptError(f"object {obj_id}: labels given without points")
+        p = self.objects.get(obj_id)
+        if p is None:
+            p = self.objects[obj_id] = ObjectPrompt(obj_id, frame)
+        elif p.frame != frame:
+            raise PromptError(f"object id {obj_id} is already prompted on frame {p.frame}: each object is prompted on one frame "
+                              f"(use a new id for frame {frame})")
+        elif p.mask is not None or mask is not None:
+            raise PromptError(f"object id {obj_id} is already used on frame {frame}: a mask prompt stands alone (use a new id)")
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.ndim != 2:
+                raise PromptError(f"object {obj_id}: the mask must be (H, W), got shape {m.shape}")
+            if not m.any():
+                raise PromptError(f"object {obj_id}: the mask on frame {frame} is empty")
+            p.mask = m.astype(bool)
+        if box is not None:
+            if p.box is not None:
+                raise PromptError(f"object id {obj_id} already has a box on frame {frame}: give each box its own object id")
+            p.box = np.asarray(box, dtype=np.float64)
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+            p.points = pts if p.points is None else np.concatenate([p.points, pts])
+            p.labels = lab if p.labels is None else np.concatenate([p.labels, lab])
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def validate(self, n_frames: int, size: Tuple[int, int]) -> List[ObjectPrompt]:
+        """Check every prompt against the video (frame range, coordinates, mask size)."""
+        if not self.objects:
+            raise PromptError("no prompts: prompt at least one object (points, a box or a mask)")
+        h, w = size
+        for p in self.objects.values():
+            if p.frame >= n_frames:
+                raise PromptError(f"object {p.obj_id} is prompted on frame {p.frame}, but the video has {n_frames} frames (0..{n_frames - 1})")
+            if p.mask is not None and p.mask.shape != (h, w):
+                raise PromptError(f"object {p.obj_id}: the mask is {p.mask.shape[1]}x{p.mask.shape[0]} but the frames are {w}x{h}")
+            if p.points is not None:
+                p.points, p.labels = check_points(p.points, p.labels, size)
+                if not (p.labels >= 0).all():
+                    raise PromptError(f"object {p.obj_id}: point labels are 1 (foreground) or 0 (background)")
+                if p.box is None and not (p.labels == 1).any():
+                    raise PromptError(f"object {p.obj_id}: give at least one foreground point (label 1) or a box")
+            if p.box is not None:
+                p.box = check_boxes(p.box, size)[0]
+        return sorted(self.objects.values(), key=lambda p: p.obj_id)
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass
+class FrameResult:
+    """The masks of one frame: ``masks[obj_id]`` (H, W) bool, ``scores[obj_id]`` the predicted
+    IoU (1.0 for a given mask, 0.0 for an empty one), ``points[obj_id]`` the visible tracked
+    query points ((N, 2) XY, labels (N,)) where the strategy tracks points."""
+
+    index: int
+    masks: Dict[int, np.ndarray]
+    scores: Dict[int, float]
+    points: Dict[int, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def label_map(self, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+        """(H, W) uint8 label image (0 background, obj_id elsewhere; ids must be < 256).
+        Where masks overlap, the higher score wins (ties: the lower id)."""
+        if size is None:
+            size = next(iter(self.masks.values())).shape if self.masks else (0, 0)
+        labels = np.zeros(size, dtype=np.uint8)
+        best = np.full(size, -np.inf, dtype=np.float32)
+        for obj_id in sorted(self.masks, key=lambda o: (-self.scores.get(o, 0.0), o)):
+            if obj_id > 255:
+                raise ValueError(f"object id {obj_id} does not fit a uint8 label image (ids 1..255)")
+            m = self.masks[obj_id] & (best == -np.inf)
+            labels[m] = obj_id
+            best[m] = self.scores.get(obj_id, 0.0)
+        return labels
+
+
+# ---------------------------------------------------------------------------- per-object state
+@dataclass
+class _Object:
+    obj_id: int
+    mask: np.ndarray  # (H, W) bool, latest
+    low: torch.Tensor  # (1, h4, w4) low-res logits, latest non-empty
+    score: float
+    proto: Optional[torch.Tensor]  # (C,) unit vector
+    points: Optional[np.ndarray] = None  # (N, 2) XY query points (points strategy)
+    labels: Optional[np.ndarray] = None  # (N,) 1 / 0
+    visible: Optional[np.ndarray] = None  # (N,) bool
+    age: int = 0  # frames since the query points were initialised
+
+
+class VideoPredictor:
+    """Image SAM + a point tracker = video object segmentation (see the module docstring).
+
+    model: a :class:`Sam` (fused for speed, e.g. ``SamPredictor.from_pretrained(...).model``);
+    options: :class:`VideoOptions`; backend: the image encoder's backend
+    (:mod:`repvit_sam.backends`); tracker: a :class:`PointTracker` (default
+    :class:`LucasKanadeTracker`), used by the ``points`` strategy.
+    """
+
+    def __init__(self, model: Sam, options: Optional[VideoOptions] = None, backend: Optional[str] = None,
+                 tracker: Optional[PointTracker] = None) -> None:
+        self.model = model
+        self.options = options or VideoOptions()
+        self.predictor = SamPredictor(model, backend=backend)
+        self.tracker = tracker
+        dtype = torch.bfloat16 if self.options.decoder_precision == "bf16" else torch.float32
+        self.decoder = FastDecoder(model, dtype=dtype)
+        self.transform = self.predictor.transform
+        self.frames_encoded = 0  # image-encoder calls, for tests and the benchmark
+        self.encode_seconds = 0.0  # wall time of those calls (set_image: resize, normalise, encode)
+        self._features: Optional[torch.Tensor] = None
+        self._sizes: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ frames
+    def _set_frame(self, index: int, frame: np.ndarray, cache: Optional[Dict[int, torch.Tensor]]) -> None:
+        features = None if cache is None else cache.get(index)
+        if features is None:
+            start = time.perf_counter()
+            self.predictor.set_image(frame)
+            features = self.predictor.get_image_embedding()
+            if features.is_cuda:
+                torch.cuda.synchronize(features.device)
+            self.encode_seconds += time.perf_counter() - start
+            self._sizes = (tuple(self.predictor.original_size), tuple(self.predictor.input_size))  # type: ignore[assignment]
+            self.frames_encoded += 1
+        self._features = features
+        self.decoder.set_image(features)
+
+    @property
+    def original_size(self) -> Tuple[int, int]:
+        assert self._sizes is not None
+        return self._sizes[0]
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        assert self._sizes is not None
+        return self._sizes[1]
+
+    # ------------------------------------------------------------------ decoding
+    def _to_input(self, xy: np.ndarray) -> np.ndarray:
+        """(..., 2) XY original pixels -> the model's input frame."""
+        return self.transform.apply_coords(np.asarray(xy, dtype=np.float64), self.original_size)
+
+    @torch.no_grad()
+    def _decode(self, points: Sequence[np.ndarray], labels: Sequence[np.ndarray], boxes: Optional[np.ndarray] = None,
+                low: Optional[torch.Tensor] = None, multimask: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """B prompts in one decoder call. points[b]: (N_b, 2) XY in the input frame, labels[b]:
+        (N_b,); boxes: (B, 4) XYXY input frame; low: (B, 1, h4, w4) logits as mask prompts.
+        Returns low-res logits (B, C, h4, w4) and predicted IoU (B, C), C = 3 if multimask."""
+        b = len(points)
+        n = max((len(p) for p in points), default=0)
+        sparse_points = None
+        if n > 0:
+            coords = np.zeros((b, n, 2), dtype=np.float32)
+            labs = -np.ones((b, n), dtype=np.int64)  # -1: SAM's "not a point" padding
+            for i, (p, lab) in enumerate(zip(points, labels)):
+                coords[i, : len(p)] = p
+                labs[i, : len(p)] = lab
+            sparse_points = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labs, device=self.device, dtype=torch.int))
+        box_t = None if boxes is None else torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
+        sparse, dense = self.model.prompt_encoder(points=sparse_points, boxes=box_t, masks=low)
+        return self.decoder(sparse, dense if low is not None else None, multimask)
+
+    @torch.no_grad()
+    def _upscale(self, low: torch.Tensor) -> np.ndarray:
+        """(B, 1, h4, w4) logits -> (B, H, W) bool masks at the frame size."""
+        if low.shape[0] == 0:
+            return np.zeros((0, *self.original_size), dtype=bool)
+        full = self.model.postprocess_masks(low, self.input_size, self.original_size)
+        return (full[:, 0] > self.model.mask_threshold).cpu().numpy()
+
+    def _low_boxes(self, low: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """Boxes (B, 4) XYXY in the input frame of the low-res masks (logits > 0): the first and
+        last input pixels the covered low-res cells span; and which masks have >= 2 cells (B,)."""
+        m = (low[:, 0] > self.model.mask_threshold).cpu().numpy()  # (B, h4, w4)
+        cell = self.model.image_encoder.img_size / m.shape[-1]
+        boxes = np.zeros((len(m), 4), dtype=np.float64)
+        ok = m.reshape(len(m), -1).sum(1) >= 2
+        for i in np.flatnonzero(ok):
+            box = mask_box(m[i])
+            boxes[i] = box * cell + np.array([0.0, 0.0, cell - 1, cell - 1])  # outer pixels of the end cells
+        return boxes, ok
+
+    def _refine(self, low: torch.Tensor, iou: torch.Tensor, points: List[np.ndarray], labels: List[np.ndarray]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``refine_iters`` passes adding each mask's box and logits; an object whose low-res
+        mask has fewer than 2 cells stops refining."""
+        low, iou = low.clone(), iou.clone()
+        for _ in range(self.options.refine_iters):
+            boxes, ok = self._low_boxes(low)
+            idx = np.flatnonzero(ok)
+            if len(idx) == 0:
+                break
+            sel = torch.as_tensor(idx, device=low.device)
+            new_low, new_iou = self._decode([points[i] for i in idx], [labels[i] for i in idx], boxes[idx], low[sel])
+            low[sel], iou[sel] = new_low, new_iou
+        return low, iou
+
+    # ------------------------------------------------------------------ prototypes
+    @torch.no_grad()
+    def _grid_weights(self, masks: np.ndarray) -> torch.Tensor:
+        """(B, H, W) bool masks -> (B, h, w) covered fraction of each embedding cell."""
+        size = self.model.image_encoder.img_size
+        feats = self._features
+        assert feats is not None
+        gh, gw = feats.shape[-2:]
+        m = torch.as_tensor(masks, device=self.device, dtype=torch.float32)[:, None]
+        m = F.interpolate(m, size=self.input_size, mode="bilinear", align_corners=False)
+        m = F.pad(m, (0, size - self.input_size[1], 0, size - self.input_size[0]))
+        return F.adaptive_avg_pool2d(m, (gh, gw))[:, 0]
+
+    @torch.no_grad()
+    def _prototypes(self, masks: np.ndarray) -> torch.Tensor:
+        """(B, C) unit mean embedding under each mask (normalised per cell first)."""
+        feats = F.normalize(self._features[0].float().flatten(1), dim=0)  # (C, hw)
+        w = self._grid_weights(masks).flatten(1)  # (B, hw)
+        return F.normalize(w @ feats.T, dim=1)
+
+    # ------------------------------------------------------------------ per frame
+    def _start(self, prompts: List[ObjectPrompt]) -> List[_Object]:
+        """The states of objects prompted on this frame."""
+        opt = self.options
+        objs = []
+        for p in prompts:
+            if p.mask is not None:
+                mask, score = p.mask, 1.0
+            else:
+                pts = np.zeros((0, 2)) if p.points is None else self._to_input(p.points)
+                lab = np.zeros((0,), dtype=np.int64) if p.labels is None else p.labels
+                box = None if p.box is None else self.transform.apply_boxes(p.box, self.original_size)
+                multimask = p.box is None and len(pts) == 1
+                low, iou = self._decode([pts], [lab], box, multimask=multimask)
+                k = int(iou[0].argmax())
+                low, iou = low[:, k : k + 1], iou[:, k : k + 1]
+                low, iou = self._refine(low, iou, [pts], [lab]) if opt.refine_iters and p.box is None else (low, iou)
+                mask, score = self._upscale(low)[0], float(iou[0, 0])
+            objs.append(_Object(p.obj_id, mask, torch.zeros(0), score, None))
+        self._initialise([o for o in objs if o.mask.any()], with_logits=True)
+        return objs
+
+    def _initialise(self, objs: List[_Object], with_logits: bool = False) -> None:
+        """(Re-)initialise objects from their current masks: query points, prototype (first
+        time), and low-res logits decoded from their query points and box (``with_logits``)."""
+        if not objs:
+            return
+        opt = self.options
+        for o in objs:
+            o.points, o.labels = query_points(o.mask, opt.positive_points, opt.negative_points, opt.seed)
+            o.visible = np.ones(len(o.points), dtype=bool)
+            o.age = 0
+        new = [o for o in objs if o.proto is None]
+        if new:
+            for o, proto in zip(new, self._prototypes(np.stack([o.mask for o in new]))):
+                o.proto = proto
+        if with_logits:
+            boxes = np.stack([self.transform.apply_boxes(mask_box(o.mask), self.original_size)[0] for o in objs])
+            low, _ = self._decode([self._to_input(o.points) for o in objs], [o.labels for o in objs], boxes)
+            for o, lo in zip(objs, low):
+                o.low = lo[:1]
+
+    def _step_points(self, objs: List[_Object]) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
+        """SAM-PT on this frame for objects with tracked points: {id: (mask, score, low)}."""
+        opt = self.options
+        out: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
+        pos = {o.obj_id: o.points[(o.labels == 1) & o.visible] for o in objs}
+        neg = {o.obj_id: o.points[(o.labels == 0) & o.visible] for o in objs}
+        active = [o for o in objs if len(pos[o.obj_id])]
+        for o in objs:
+            if not len(pos[o.obj_id]):
+                out[o.obj_id] = (np.zeros(self.original_size, dtype=bool), 0.0, o.low)
+        if not active:
+            return out
+        p1 = [self._to_input(pos[o.obj_id]) for o in active]
+        l1 = [np.ones(len(p), dtype=np.int64) for p in p1]
+        low, _ = self._decode(p1, l1)
+        p2, l2 = [], []
+        for o, p in zip(active, p1):
+            extra = [neg[o.obj_id]]
+            if opt.other_objects_negative:
+                extra += [pos[q.obj_id] for q in objs if q.obj_id != o.obj_id]
+            negs = self._to_input(np.concatenate(extra)) if extra else np.zeros((0, 2))
+            p2.append(np.concatenate([p, negs]))
+            l2.append(np.concatenate([np.ones(len(p), dtype=np.int64), np.zeros(len(negs), dtype=np.int64)]))
+        low, iou = self._decode(p2, l2, low=low)
+        out.update(self._finish(active, *self._refine(low, iou, p2, l2)))
+        return out
+
+    def _step_mask(self, objs: List[_Object]) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
+        """Mask propagation on this frame for objects with a previous mask."""
+        opt = self.options
+        out: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
+        active = [o for o in objs if o.mask.any()]
+        for o in objs:
+            if not o.mask.any():
+                out[o.obj_id] = (o.mask, 0.0, o.low)
+        if not active:
+            return out
+        pts = [self._to_input(mask_points(o.mask, opt.mask_points, opt.seed)) for o in active]
+        labs = [np.ones(len(p), dtype=np.int64) for p in pts]
+        boxes = np.stack([self.transform.apply_boxes(mask_box(o.mask), self.original_size)[0] for o in active])
+        low, iou = self._decode(pts, labs, boxes, low=torch.stack([o.low for o in active]))
+        out.update(self._finish(active, *self._refine(low, iou, pts, labs)))
+        return out
+
+    def _finish(self, objs: List[_Object], low: torch.Tensor, iou: torch.Tensor) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
+        """Final masks at the frame size; below ``iou_threshold`` a mask is empty (score 0) and
+        the object keeps its previous logits."""
+        masks = self._upscale(low)
+        out = {}
+        for i, o in enumerate(objs):
+            score = float(iou[i, 0])
+            if score >= self.options.iou_threshold:
+                out[o.obj_id] = (masks[i], score, low[i])
+            else:
+                out[o.obj_id] = (np.zeros_like(masks[i]), 0.0, o.low)
+        return out
+
+    @torch.no_grad()
+    def _redetect(self, lost: List[_Object], taken: np.ndarray) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
+        """Look for objects whose mask is empty by appearance; ``taken`` (H, W) bool: pixels of
+        the objects found on this frame. Returns the ones found."""
+        opt = self.options
+        lost = [o for o in lost if o.proto is not None]
+        if not lost:
+            return {}
+        feats = F.normalize(self._features[0].float().flatten(1), dim=0)  # (C, hw)
+        protos = torch.stack([o.proto for o in lost])  # (L, C)
+        sim = protos @ feats  # (L, hw)
+        gh, gw = self._features.shape[-2:]
+        occupied = self._grid_weights(taken[None])[0].flatten() > 0.5
+        # cells outside the image (padding) and cells of found objects are not candidates
+        h_in, w_in = self.input_size
+        cell = self.model.image_encoder.img_size / gh
+        ys, xs = torch.meshgrid(torch.arange(gh, device=self.device), torch.arange(gw, device=self.device), indexing="ij")
+        inside = (((ys + 0.5) * cell < h_in) & ((xs + 0.5) * cell < w_in)).flatten()
+        sim = sim.masked_fill(occupied[None] | ~inside[None], -2.0)
+        best, where = sim.max(dim=1)
+        cand = [i for i in range(len(lost)) if float(best[i]) >= opt.redetect_threshold]
+        if not cand:
+            return {}
+        pts = []
+        for i in cand:
+            y, x = divmod(int(where[i]), gw)
+            pts.append(np.array([[(x + 0.5) * cell, (y + 0.5) * cell]]))
+        labs = [np.ones(1, dtype=np.int64)] * len(cand)
+        low, iou = self._decode(pts, labs, multimask=True)
+        k = iou.argmax(dim=1)
+        sel = torch.arange(len(cand), device=low.device)
+        low, iou = low[sel, k][:, None], iou[sel, k][:, None]
+        low, iou = self._refine(low, iou, pts, labs)
+        masks = self._upscale(low)
+        found: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
+        good = [j for j in range(len(cand)) if float(iou[j, 0]) >= opt.iou_threshold and masks[j].any()]
+        if not good:
+            return {}
+        protos_new = self._prototypes(masks[good])
+        for n, j in enumerate(good):
+            o = lost[cand[j]]
+            if float(protos_new[n] @ o.proto) >= opt.redetect_threshold:
+                found[o.obj_id] = (masks[j], float(iou[j, 0]), low[j])
+        return found
+
+    # ------------------------------------------------------------------ sweeps
+    def _new_tracker(self) -> PointTracker:
+        return self.tracker if self.tracker is not None else LucasKanadeTracker()
+
+    def _sweep(self, src: FrameSource, prompts: List[ObjectPrompt], start: int, stop: int, step: int,
+               cache: Optional[Dict[int, torch.Tensor]], keep: Tuple[int, int]) -> Iterator[FrameResult]:
+        """One sweep over ``range(start, stop, step)``; objects join at their prompted frame.
+        Embeddings of frames in ``keep`` (lo, hi) are stored in ``cache`` (up to EMBEDDING_CACHE)."""
+        opt = self.options
+        use_points = opt.strategy == "points"
+        joining: Dict[int, List[ObjectPrompt]] = {}
+        for p in prompts:
+            joining.setdefault(p.frame, []).append(p)
+        objs: Dict[int, _Object] = {}
+        tracker: Optional[PointTracker] = self._new_tracker() if use_points else None
+        first = True
+        for t, frame in src.frames(start, stop, step):
+            self._set_frame(t, frame, cache)
+            if cache is not None and keep[0] <= t <= keep[1] and t not in cache and len(cache) < EMBEDDING_CACHE:
+                cache[t] = self._features
+            results: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
+            if tracker is not None:
+                if first:
+                    tracker.reset(frame)
+                else:
+                    for key, (pts, vis) in tracker.step(frame).items():
+                        if key in objs:
+                            objs[key].points, objs[key].visible = pts, vis
+            first = False
+            if objs:
+                live = [o for o in objs.values() if o.points is not None or not use_points]
+                results = self._step_points(live) if use_points else self._step_mask(live)
+                for k, o in objs.items():  # objects whose prompt gave an empty mask: nothing to carry
+                    results.setdefault(k, (np.zeros(self.original_size, dtype=bool), 0.0, o.low))
+                if opt.redetect:
+                    empty = [objs[k] for k, (m, _, _) in results.items() if not m.any()]
+                    if empty:
+                        taken = np.zeros(self.original_size, dtype=bool)
+                        for m, _, _ in results.values():
+                            taken |= m
+                        found = self._redetect(empty, taken)
+                        for k, r in found.items():
+                            results[k] = r
+                            objs[k].mask = r[0]
+                        self._initialise([objs[k] for k in found])
+                        if tracker is not None:
+                            for k in found:
+                                tracker.set_points(k, objs[k].points)
+                for k, (m, s, low) in results.items():
+                    o = objs[k]
+                    o.mask, o.score, o.low = m, s, low
+                    o.age += 1
+            for obj in self._start(joining.get(t, [])):
+                objs[obj.obj_id] = obj
+                results[obj.obj_id] = (obj.mask, obj.score, obj.low)
+                if tracker is not None and obj.points is not None:
+                    tracker.set_points(obj.obj_id, obj.points)
+            if use_points:
+                self._maybe_reinit(objs, tracker)
+            shown = {}
+            if use_points:
+                for k, o in objs.items():
+                    if o.points is not None:
+                        v = o.visible
+                        shown[k] = (o.points[v], o.labels[v])
+            yield FrameResult(t, {k: r[0] for k, r in results.items()}, {k: r[1] for k, r in results.items()}, shown)
+
+    def _maybe_reinit(self, objs: Dict[int, _Object], tracker: Optional[PointTracker]) -> None:
+        """Re-initialise query points every ``reinit_every`` frames, or when too few are visible."""
+        opt = self.options
+        due = []
+        for o in objs.values():
+            if o.points is None or not o.mask.any() or o.age == 0:
+                continue
+            pos = o.labels == 1
+            frac = float(o.visible[pos].mean()) if pos.any() else 0.0
+            if (opt.reinit_every > 0 and o.age >= opt.reinit_every) or frac < opt.reinit_below:
+                due.append(o)
+        self._initialise(due)
+        if tracker is not None:
+            for o in due:
+                tracker.set_points(o.obj_id, o.points)
+
+    def propagate(self, frames: FramesLike, prompts: Prompts, direction: str = "both") -> Iterator[FrameResult]:
+        """Yield a :class:`FrameResult` for every frame the sweeps reach (see the module
+        docstring). direction: ``both`` (every frame), ``forward`` (from the first prompted
+        frame on), ``backward`` (up to the last prompted frame). Frames come in sweep order:
+        backward ones first (decreasing index), then forward ones.
+
+        Bad prompts raise :class:`PromptError`, unusable frames :class:`FrameError`, both
+        before any frame is encoded where they can be known in advance."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        src = open_frames(frames)
+        objects = prompts.validate(len(src), src.size)
+        n = len(src)
+        lo = min(p.frame for p in objects)
+        hi = max(p.frame for p in objects)
+        cache: Dict[int, torch.Tensor] = {}
+        partial: Dict[int, Tuple[Dict[int, np.ndarray], Dict[int, float]]] = {}
+        if direction in ("both", "backward"):
+            for r in self._sweep(src, objects, hi, -1, -1, cache if direction == "both" else None, (lo, hi)):
+                if direction == "backward" or r.index < lo:
+                    yield r
+                else:  # frames lo..hi: finished by the forward sweep
+                    partial[r.index] = ({k: np.packbits(m) for k, m in r.masks.items()}, dict(r.scores))
+        if direction in ("both", "forward"):
+            shape = src.size
+            for r in self._sweep(src, objects, lo, n, 1, cache, (lo, hi)):
+                part = partial.pop(r.index, None)
+                if part is not None:
+                    for k, packed in part[0].items():
+                        if k not in r.masks:
+                            r.masks[k] = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+                            r.scores[k] = part[1][k]
+                yield r

@@ -1,0 +1,178 @@
+"""FastDecoder computes MaskDecoder's function (logits and IoU scores), for the tiny decoders of
+every tiny variant and for SAM's full-size decoder, with and without mask prompts; its stages,
+workspace and thread safety.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from repvit_sam import build_from_config
+from repvit_sam.config import PromptDecoderConfig
+from repvit_sam.inference.fast_decoder import FastDecoder
+
+from conftest import TINY, randomize_
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def model(request):
+    """A random-weight model of each tiny variant (tiny_repvit, tiny_vit_t, tiny_vit_b)."""
+    torch.manual_seed(0)
+    return randomize_(build_from_config(TINY[request.param]))
+
+
+@pytest.fixture(scope="module")
+def full_decoder_model():
+    """Tiny encoder, SAM's full-size prompt encoder and mask decoder (random weights)."""
+    cfg = dataclasses.replace(TINY["repvit"], decoder=PromptDecoderConfig())
+    torch.manual_seed(1)
+    return randomize_(build_from_config(cfg))
+
+
+def _prompts(model, n, with_box=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = model.img_size
+    coords = torch.rand(n, 2, 2, generator=g) * s
+    labels = torch.tensor([[1, 0]] * n, dtype=torch.int)
+    boxes = torch.sort(torch.rand(n, 2, 2, generator=g) * s, dim=1).values.flatten(1) if with_box else None
+    return coords, labels, boxes
+
+
+@pytest.mark.parametrize("which", ["tiny", "full"])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_fast_decoder_matches_mask_decoder(model, full_decoder_model, which, multimask):
+    m = model if which == "tiny" else full_decoder_model
+    pe, md = m.prompt_encoder, m.mask_decoder
+    emb = torch.randn(1, md.transformer_dim, *pe.image_embedding_size, generator=torch.Generator().manual_seed(3))
+    coords, labels, boxes = _prompts(m, 5, with_box=True)
+    fast = FastDecoder(m)
+    fast.set_image(emb)
+    with torch.no_grad():
+        for masks_in in (None, torch.randn(5, 1, *pe.mask_input_size)):
+            sparse, dense = pe(points=(coords, labels), boxes=boxes, masks=masks_in)
+            ref, ref_iou = md(emb, pe.get_dense_pe(), sparse, dense, multimask)
+            got, got_iou = fast(sparse, dense if masks_in is not None else None, multimask_output=multimask)
+            assert got.shape == ref.shape and got_iou.shape == ref_iou.shape
+            assert float((got - ref).norm() / ref.norm()) < 1e-5
+            torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_decoder_bf16_close(full_decoder_model):
+    m = full_decoder_model
+    pe, md = m.prompt_encoder, m.mask_decoder
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(4))
+    coords, labels, _ = _prompts(m, 4)
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+        ref, _ = md(emb, pe.get_dense_pe(), sparse, dense, True)
+    fast = FastDecoder(m, dtype=torch.bfloat16)
+    fast.set_image(emb)
+    got, _ = fast(sparse)
+    assert got.dtype == torch.float32
+    rel = float((got - ref).norm() / ref.norm())
+    assert 1e-6 < rel < 0.05  # really computed in bf16, and still close
+    assert float(((got > 0) == (ref > 0)).float().mean()) > 0.97
+
+
+def test_fast_decoder_stages_and_errors(model):
+    fast = FastDecoder(model)
+    sparse = torch.zeros(2, 2, model.mask_decoder.transformer_dim)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fast.tokens(sparse)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fast(sparse)
+    with pytest.raises(ValueError, match="one embedding"):
+        fast.set_image(torch.zeros(2, 32, 16, 16))
+    with pytest.raises(ValueError, match="dtype"):
+        FastDecoder(model, dtype=torch.float16)
+    fast.set_image(torch.randn(1, 32, 16, 16))
+    state = fast.tokens(sparse)
+    assert len(state) == 2 and state.iou_pred.shape == (2, 4)
+    all_masks = fast.masks(state)
+    assert all_masks.shape == (2, 4, 64, 64)
+    # a subset of prompts and tokens gives the same rows
+    sub = fast.masks(state.select(torch.tensor([1])), torch.tensor([2, 3]))
+    torch.testing.assert_close(sub, all_masks[1:, 2:])
+
+
+def test_fast_decoder_exact_for_large_and_offset_keys(full_decoder_model):
+    """The unrolled first convolution (scale * base + low-rank terms) does not lose precision
+    when the image keys are large or carry a large per-pixel mean (the norms remove it)."""
+    m = full_decoder_model
+    pe, md = m.prompt_encoder, m.mask_decoder
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(1, 256, 64, 64, generator=g) * 40.0 + torch.randn(1, 1, 64, 64, generator=g) * 300.0
+    coords, labels, _ = _prompts(m, 3, seed=2)
+    fast = FastDecoder(m)
+    fast.set_image(emb)
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+        ref, ref_iou = md(emb, pe.get_dense_pe(), sparse, dense, True)
+        got, got_iou = fast(sparse, multimask_output=True)
+    assert float((got - ref).norm() / ref.norm()) < 1e-5
+    torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
+
+
+def _decoder_and_points(model, n, seed):
+    """A FastDecoder set on a random tiny embedding, and ``n`` point prompts' sparse embeddings."""
+    fast = FastDecoder(model)
+    fast.set_image(torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(seed)))
+    coords, labels, _ = _prompts(model, n)
+    with torch.no_grad():
+        sparse, _ = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    return fast, sparse
+
+
+def test_fast_decoder_finishes_only_wanted_mask_tokens(model):
+    fast, sparse = _decoder_and_points(model, 3, seed=6)
+    full = fast.tokens(sparse)
+    part = fast.tokens(sparse, mask_index=[1, 3])
+    assert part.mask_index == (1, 3) and part.mask_tokens.shape[1] == 2
+    torch.testing.assert_close(part.iou_pred, full.iou_pred)  # every IoU score, whatever is finished
+    torch.testing.assert_close(fast.masks(part), fast.masks(full, [1, 3]))
+    with pytest.raises(ValueError, match=r"mask tokens \[0\] were not finished.*mask_index"):
+        fast.masks(part, [0, 1])
+    with pytest.raises(ValueError, match="mask_index must name mask tokens in 0..3"):
+        fast.tokens(sparse, mask_index=[4])
+    # masks written into a caller's tensor; a wrong one is refused
+    out = torch.full((3, 2, 64, 64), float("nan"))
+    assert fast.masks(part, out=out) is out
+    torch.testing.assert_close(out, fast.masks(full, [1, 3]))
+    with pytest.raises(ValueError, match=r"out must be a contiguous float32 tensor of shape \(3, 2, 64, 64\)"):
+        fast.masks(part, out=torch.empty(3, 2, 64, 64, dtype=torch.float64))
+
+
+def test_fast_decoder_reuses_its_workspace_and_is_thread_safe(model):
+    import threading
+
+    fast, sparse = _decoder_and_points(model, 9, seed=7)
+    expected = fast(sparse)
+    buffers = {name: t.data_ptr() for name, t in fast._ws._flat.items()}
+    assert {"keys0", "keys1", "kpe", "z", "u", "y"} <= set(buffers)
+    fast(sparse)  # the same sizes again: no buffer is replaced
+    assert {name: t.data_ptr() for name, t in fast._ws._flat.items()} == buffers
+    # threads sharing one decoder: one holds the workspace, the others allocate their own
+    results, errors = [None] * 4, []
+
+    def work(k):
+        try:
+            for _ in range(3):
+                results[k] = fast(sparse)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for logits, iou in results:
+        torch.testing.assert_close(logits, expected[0])
+        torch.testing.assert_close(iou, expected[1])
+
+
+# --------------------------------------------------------------------------- same decoder behind both paths
