@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             "dtype": "float16",
         },
     )
-    out: Path = args.outputput
+    out: Path = args.output
     shards.open_plan(out, plan)
     from ..parallel import Share, rank_share
 

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, recipe: Recipe, launch: Launch) -> int:
-    run_dir: Path = args.outputput
+    run_dir: Path = args.output
     ckpt_path = run_dir / "checkpoints" / LAST
     resume = None
     if args.resume:
@@ -257,7 +257,7 @@ def _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, 
     from ..train.objectives import PromptLoop, collate_prompt_batch
     from ..train.validate import coco_records, prompt_validation
 
-    run_dir: Path = args.outputput
+    run_dir: Path = args.output
     if not teacher_ckpt or not Path(teacher_ckpt).exists():
         raise DataError("--phase prompt needs the teacher's full checkpoint (--teacher-checkpoint): its decoder makes the target masks")
     if resume is None and args.student_init is None:
