@@ -201,6 +201,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--videos", type=int, default=48, help="training videos (seed 1000)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, help="continue from this checkpoint of the variant (default: random initialisation)")
     args = p.parse_args(argv)
 
     from ..hub import file_sha256
@@ -212,8 +213,12 @@ def main(argv: List[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     videos = train_videos(args.videos)
-    model = build_sam(VARIANT)
+    model = build_sam(VARIANT, checkpoint=args.init)
     model.train()
+    init_record = None
+    if args.init is not None:
+        prev = args.init.parent / "model.json"
+        init_record = json.loads(prev.read_text()) if prev.is_file() else {"file": str(args.init)}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -239,7 +244,8 @@ def main(argv: List[str] | None = None) -> int:
         torch.save(model.state_dict(), f)
     record = {
         "made_by": f"python -m repvit_sam.video.fixture -o {out} --steps {args.steps} --batch {args.batch} --videos {args.videos} "
-                   f"--lr {args.lr} --seed {args.seed}",
+                   f"--lr {args.lr} --seed {args.seed}" + (f" --init {args.init}" if args.init else ""),
+        "continued_from": init_record,
         "variant": VARIANT, "file": target.name, "sha256": file_sha256(target), "bytes": target.stat().st_size,
         "device": "cpu (torch.set_num_threads(1))", "torch": torch.__version__,
         "data": f"synthetic videos (make_video, seed {TRAIN_SEED}, {args.videos} sequences, {SIZE[1]}x{SIZE[0]})",
