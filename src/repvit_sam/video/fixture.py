@@ -204,7 +204,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--init", type=Path, help="continue from this checkpoint of the variant (default: random initialisation)")
     args = p.parse_args(argv)
 
-    from ..hub import file_sha256
+    from ..utils import file_sha256
     from ..registry import build_sam
     from ..utils import atomic_write, write_json_atomic
 
