@@ -398,3 +398,23 @@ def test_empty_calibration_folder_is_one_line(model, capsys, tmp_path):
                             "--calibration", tmp_path / "empty", "-o", tmp_path / "out"], capsys)
     assert code == 1 and err.strip().startswith("error: no images (.jpg") and "in calibration folder" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bench_mobile_checks_name_targets_and_broken_int8():
+    """The mobile bench's verdicts: fp32 against the fastest fp32 backend, int8 against its own
+    fp32, decoder per click, and 'int8 breaks masks' below IoU 0.95."""
+    from repvit_sam.bench_mobile import _checks, markdown
+
+    enc = [
+        {"model": "repvit", "backend": "openvino", "precision": "fp32", "device": "cpu", "median_ms": 1000.0},
+        {"model": "repvit", "backend": "executorch", "precision": "fp32", "device": "cpu", "median_ms": 1250.0},
+        {"model": "repvit", "backend": "executorch-int8", "precision": "int8", "device": "cpu", "median_ms": 900.0},
+    ]
+    base = {"model": "repvit", "runtime": "executorch", "file_mb": 88.0, "memory_mb": 255.0, "loaded_mb": 100.0, "note": ""}
+    rows = [dict(base, precision="fp32", decoder_ms=40.0, cosine=None, mask_iou=None),
+            dict(base, precision="int8", decoder_ms=40.0, cosine=0.99, mask_iou=0.9)]
+    _checks(rows, enc)
+    assert rows[0]["checks"] == {"fp32 within 1.3x of fastest fp32": "yes (1.25x)", "decoder <= 15 ms": "NO (40.0 ms)"}
+    assert rows[1]["checks"] == {"int8 <= 0.6x fp32": "NO (0.72x)", "int8 mask IoU >= 0.95": "NO: int8 breaks masks (0.900)"}
+    table = markdown(rows)
+    assert "| repvit | executorch | int8 | 900 | 88.0 | 255 | 40.0 | 0.99000 | 0.900 |" in table
