@@ -66,7 +66,7 @@ def test_objects_prompted_on_different_frames(tiny_model, video):
 def test_batched_decoding_equals_one_object_at_a_time(tiny_model, video):
     """Mask propagation with one point per object has no padding: decoding two objects in one
     call must give what each gives alone."""
-    opts = dataclasses.replace(FAST, strategy="mask", mask_points=1, refine_iters=2)
+    opts = dataclasses.replace(FAST, strategy="mask", mask_points=1, refine_iters=2, exclusive=False, verify_threshold=-1.0)
     together = Prompts()
     alone = []
     for k in (1, 2):
@@ -160,3 +160,28 @@ def test_label_map_gives_overlaps_to_the_higher_score():
     np.testing.assert_array_equal(labels[0], [1, 1, 1, 2, 2])  # a tie goes to the lower id
     with pytest.raises(ValueError, match="ids 1..255"):
         FrameResult(0, {300: a}, {300: 1.0}).label_map()
+
+
+def test_conflicting_masks_go_to_the_object_they_resemble(tiny_model):
+    """Two objects claiming the same region: it goes to the object whose prototype (mean
+    embedding under its first mask) it matches; the other comes out empty."""
+    import torch.nn.functional as F
+
+    from repvit_sam.video.predictor import _Object
+
+    vp = VideoPredictor(tiny_model, FAST)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    vp._set_frame(0, frame, None)
+    c, gh, gw = vp._features.shape[1:]
+    feats = torch.zeros(1, c, gh, gw)
+    feats[0, 0, :, : gw // 2] = 1.0  # left half of the embedding: direction e0
+    feats[0, 1, :, gw // 2 :] = 1.0  # right half: direction e1
+    vp._features = feats
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    e0, e1 = F.normalize(torch.eye(c)[0], dim=0), F.normalize(torch.eye(c)[1], dim=0)
+    objs = {1: _Object(1, left, torch.zeros(0), 0.9, e1), 2: _Object(2, left, torch.zeros(0), 0.8, e0)}
+    results = {1: (left.copy(), 0.9, torch.zeros(0)), 2: (left.copy(), 0.8, torch.zeros(0))}
+    vp._resolve_conflicts(objs, results)
+    assert results[2][0].any() and results[2][1] == 0.8  # the left region looks like object 2
+    assert not results[1][0].any() and results[1][1] == 0.0

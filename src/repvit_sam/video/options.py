@@ -33,6 +33,8 @@ class VideoOptions:
     mask_points: int = _opt(1, "positive points from the previous mask (mask strategy)")
     redetect: bool = _opt(True, "look for an object whose mask came out empty by its appearance (embedding prototype)")
     redetect_threshold: float = _opt(0.8, "cosine similarity to the object's prototype needed to re-detect it")
+    exclusive: bool = _opt(True, "two objects whose masks cover mostly the same region: it goes to the one whose prototype it resembles more")
+    verify_threshold: float = _opt(0.3, "a tracked mask whose prototype's cosine similarity to the object's is below this is empty (-1: off)")
     decoder_precision: str = _opt("fp32", "mask decoder arithmetic: fp32 or bf16", choices=("fp32", "bf16"))
     seed: int = _opt(0, "seed of the K-Medoids initialisation")
 
@@ -50,8 +52,9 @@ class VideoOptions:
         for name in ("iou_threshold", "reinit_below"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not -1.0 <= self.redetect_threshold <= 1.0:
-            raise ValueError(f"redetect_threshold must be in [-1, 1], got {self.redetect_threshold}")
+        for name in ("redetect_threshold", "verify_threshold"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [-1, 1], got {getattr(self, name)}")
 
 
 def _bool(text: str) -> bool:

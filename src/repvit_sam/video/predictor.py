@@ -27,7 +27,10 @@ decoder call per pass:
 * ``mask``: the previous frame's mask prompts the next: its box, ``mask_points`` K-Medoids
   points and its low-res logits; then the same refinement passes.
 
-Either way a mask whose predicted IoU is below ``iou_threshold`` is empty. Refinement boxes
+Either way a mask whose predicted IoU is below ``iou_threshold`` is empty, and so is a mask
+that has drifted onto something else: its prototype (below) must have a cosine similarity of
+at least ``verify_threshold`` with the object's; when two objects' masks cover mostly the same
+region, it goes to the object whose prototype it resembles more. Refinement boxes
 are read from the low-res (256 x 256) logits; only each frame's final masks are upsampled to
 the frame size.
 
@@ -65,6 +68,7 @@ from .points import mask_box, mask_points, query_points
 from .trackers import LucasKanadeTracker, PointTracker
 
 EMBEDDING_CACHE = 16  # embeddings of frames shared by both sweeps kept from the backward sweep
+CONFLICT_OVERLAP = 0.7  # two objects whose masks share this much of the smaller one claim the same thing
 DIRECTIONS = ("both", "forward", "backward")
 
 
@@ -411,14 +415,22 @@ class VideoPredictor:
         return out
 
     def _finish(self, objs: List[_Object], low: torch.Tensor, iou: torch.Tensor) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
-        """Final masks at the frame size; below ``iou_threshold`` a mask is empty (score 0) and
-        the object keeps its previous logits."""
+        """Final masks at the frame size. A mask is empty (score 0; the object keeps its
+        previous logits) when its predicted IoU is below ``iou_threshold``, or when its
+        prototype's cosine similarity to the object's is below ``verify_threshold`` (it has
+        drifted onto something else)."""
+        opt = self.options
         masks = self._upscale(low)
+        keep = [float(iou[i, 0]) >= opt.iou_threshold and masks[i].any() for i in range(len(objs))]
+        check = [i for i, o in enumerate(objs) if keep[i] and o.proto is not None and opt.verify_threshold > -1]
+        if check:
+            sims = (self._prototypes(masks[check]) * torch.stack([objs[i].proto for i in check])).sum(1)
+            for i, sim in zip(check, sims.tolist()):
+                keep[i] = sim >= opt.verify_threshold
         out = {}
         for i, o in enumerate(objs):
-            score = float(iou[i, 0])
-            if score >= self.options.iou_threshold:
-                out[o.obj_id] = (masks[i], score, low[i])
+            if keep[i]:
+                out[o.obj_id] = (masks[i], float(iou[i, 0]), low[i])
             else:
                 out[o.obj_id] = (np.zeros_like(masks[i]), 0.0, o.low)
         return out
@@ -468,6 +480,28 @@ class VideoPredictor:
                 found[o.obj_id] = (masks[j], float(iou[j, 0]), low[j])
         return found
 
+    def _resolve_conflicts(self, objs: Dict[int, _Object], results: Dict[int, Tuple[np.ndarray, float, torch.Tensor]]) -> None:
+        """Two objects whose masks are mostly the same region (the smaller one covered for
+        ``CONFLICT_OVERLAP`` of its area): the region goes to the object whose prototype it
+        resembles more, the other object's mask is empty (one has drifted onto the other)."""
+        ids = [k for k, r in results.items() if r[0].any() and objs[k].proto is not None]
+        if len(ids) < 2:
+            return
+        flat = np.stack([results[k][0].reshape(-1) for k in ids]).astype(np.float32)
+        area = flat.sum(1)
+        inter = flat @ flat.T
+        losers = set()
+        for a in range(len(ids)):
+            for b in range(a + 1, len(ids)):
+                if inter[a, b] < CONFLICT_OVERLAP * min(area[a], area[b]) or ids[a] in losers or ids[b] in losers:
+                    continue
+                ka, kb = ids[a], ids[b]
+                region = results[ka][0] & results[kb][0]
+                proto = self._prototypes(region[None])[0]
+                losers.add(kb if float(proto @ objs[ka].proto) >= float(proto @ objs[kb].proto) else ka)
+        for k in losers:
+            results[k] = (np.zeros_like(results[k][0]), 0.0, objs[k].low)
+
     # ------------------------------------------------------------------ sweeps
     def _new_tracker(self) -> PointTracker:
         return self.tracker if self.tracker is not None else LucasKanadeTracker()
@@ -502,6 +536,8 @@ class VideoPredictor:
                 results = self._step_points(live) if use_points else self._step_mask(live)
                 for k, o in objs.items():  # objects whose prompt gave an empty mask: nothing to carry
                     results.setdefault(k, (np.zeros(self.original_size, dtype=bool), 0.0, o.low))
+                if opt.exclusive:
+                    self._resolve_conflicts(objs, results)
                 if opt.redetect:
                     empty = [objs[k] for k, (m, _, _) in results.items() if not m.any()]
                     if empty:
