@@ -252,7 +252,7 @@ def test_cli_export_onnx(tmp_path, vit_t_ckpt, capsys):
         (["export", "onnx", "--checkpoint", "/no/such.pt", "-o", "x"], "--checkpoint: file not found", 2),
         (["export", "onnx", "--opset", "16", "-o", "x"], "--opset must be 17 or more", 2),
         (["export", "coreml", "--max-points", "1", "-o", "x"], "--max-points must be 2 or more", 2),
-        (["export", "tflite", "-o", "x"], "invalid choice: 'tflite'", 2),
+        (["export", "tensorrt", "-o", "x"], "invalid choice: 'tensorrt'", 2),  # tflite is a format now (issue 16)
     ],
 )
 def test_cli_errors(argv, match, code, capsys, tmp_path, monkeypatch):
