@@ -10,19 +10,19 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 DEMO      := outputs/demo
 CHECKPOINT ?=
@@ -39,3 +39,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+# Re-resolve '.[dev]' from the ranges in pyproject.toml in a scratch venv and freeze it into constraints.txt.
+constraints:
+	rm -rf .venv-resolve && $(PYTHON) -m venv .venv-resolve
+	.venv-resolve/bin/python -m pip install --quiet --upgrade pip
+	.venv-resolve/bin/pip install --quiet torch==2.13.0
+	.venv-resolve/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '1,3p' constraints.txt; .venv-resolve/bin/pip freeze --exclude-editable | grep -v '^repvit' | sed 's/+cpu$$//'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt && rm -rf .venv-resolve
