@@ -166,7 +166,7 @@ def test_eval_uvo_scores_oracle_tracks(davis, ckpt, monkeypatch):
     tracker replaced by the ground truth: AR = 1; dropping a proposal loses its track."""
     from repvit_sam.evaluation.tasks import uvo
     from repvit_sam.evaluation.video_datasets import default_vis_paths, load_vis, segmentation_to_mask
-    from repvit_sam.video.predictor import FrameResult
+    from repvit_sam.video.prompts import FrameResult
 
     videos = load_vis(*default_vis_paths(davis, None, None))
     assert [len(v.tracks) for v in videos] == [2, 2]

@@ -148,7 +148,7 @@ def test_options_are_checked():
 
 
 def test_label_map_gives_overlaps_to_the_higher_score():
-    from repvit_sam.video.predictor import FrameResult
+    from repvit_sam.video.prompts import FrameResult
 
     a = np.zeros((4, 5), bool)
     a[:, :3] = True
@@ -185,3 +185,29 @@ def test_conflicting_masks_go_to_the_object_they_resemble(tiny_model):
     vp._resolve_conflicts(objs, results)
     assert results[2][0].any() and results[2][1] == 0.8  # the left region looks like object 2
     assert not results[1][0].any() and results[1][1] == 0.0
+
+
+def test_best_cells_skips_taken_and_padding_cells():
+    """Re-detection's search: the most similar embedding cell that is inside the image and not
+    covered by an object already found; its centre in the input frame."""
+    from repvit_sam.video.appearance import best_cells, prototypes
+
+    # A 64 x 48 (H x W) frame in a 64-px model: the input is 64 high, 48 wide, zero-padded to
+    # 64 x 64, so column 3 of the 4 x 4 embedding grid (x 48..63) is padding.
+    feats = torch.zeros(1, 4, 4, 4)
+    feats[0, 0] = 1.0  # every cell points along e0 ...
+    feats[0, 1, 1, 2] = 5.0  # ... except cell (row 1, col 2), mostly e1
+    feats[0, 1, 0, 3] = 9.0  # and cell (0, 3), even more so, but it is padding
+    feats[0, 1, 3, 0] = 2.0  # and cell (3, 0), a little
+    e1 = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    free = np.zeros((64, 48), bool)
+    sim, centres = best_cells(e1, feats, free, (64, 48), 64)
+    assert centres.tolist() == [[40.0, 24.0]]  # cell (1, 2): x = 2.5 * 16, y = 1.5 * 16
+    assert float(sim[0]) == pytest.approx(5 / np.sqrt(26))
+    taken = np.zeros((64, 48), bool)
+    taken[16:32, 32:48] = True  # an object found on this frame covers cell (1, 2)
+    sim2, centres2 = best_cells(e1, feats, taken, (64, 48), 64)
+    assert centres2.tolist() == [[8.0, 56.0]]  # the next best free cell: (3, 0)
+    assert float(sim2[0]) == pytest.approx(2 / np.sqrt(5))
+    proto = prototypes(taken[None], feats, (64, 48), 64)  # the mean embedding under that object
+    assert proto.shape == (1, 4) and float(proto[0] @ e1[0]) == pytest.approx(5 / np.sqrt(26))

@@ -93,16 +93,37 @@ def test_leave_and_reenter(tracker_model):
     assert j[back[len(back) // 2 :]].mean() >= 0.6  # found again after re-entering
 
 
-@pytest.mark.xfail(reason="test construction: in this sequence (seed 79) the occluded object is never again > 90 % visible "
-                          "after its most-hidden frame, so the selection is empty (mean of nothing = nan); needs another sequence",
-                   strict=False)
-def test_keeps_object_through_occlusion(tracker_model):
-    v = make_video(scene_rng(79, 0, "video"), 240, 320, num_frames=32, num_objects=3, reenter=False)
+def occlusion_case(seed: int):
+    """A 3-object sequence and the object hidden deepest that is later > 90 % visible again for
+    at least 4 frames: (video, object id, frame of its deepest occlusion, visible fractions)."""
+    v = make_video(scene_rng(seed, 0, "video"), 240, 320, num_frames=32, num_objects=3, reenter=False)
     visible = np.stack([(v.id_maps == k).reshape(len(v.frames), -1).sum(1) for k in range(1, 4)], 1)
     frac = visible / np.maximum(v.full_areas, 1)
-    k = int(frac.min(0).argmin()) + 1
-    t_occ = int(frac[:, k - 1].argmin())
-    assert frac[t_occ, k - 1] < 0.5  # object k is at least half hidden at t_occ
+    t_occ = frac.argmin(0)
+    again = [int(((np.arange(len(v.frames)) > t_occ[i]) & (frac[:, i] > 0.9)).sum()) for i in range(3)]
+    cands = [i for i in range(3) if again[i] >= 4]
+    if not cands:
+        return v, 0, 0, frac
+    i = min(cands, key=lambda i: frac[t_occ[i], i])
+    return v, i + 1, int(t_occ[i]), frac
+
+
+def test_occlusion_case_is_an_occlusion():
+    """The sequence of the occlusion test really hides its object and shows it again."""
+    v, k, t_occ, frac = occlusion_case(OCCLUSION_SEED)
+    assert k > 0
+    assert frac[t_occ, k - 1] < 0.1  # at most 10 % visible at its deepest occlusion
+    assert frac[t_occ + 1 :, k - 1].max() > 0.9
+    assert frac[0, k - 1] > 0.9  # and fully in view when it is prompted
+
+
+OCCLUSION_SEED = 90  # object 2 is 4 % visible at frame 11, then > 90 % visible on 11 later frames
+
+
+@pytest.mark.xfail(reason="stop-gap tracker: it loses the object (seed 90, object 2) at frame 6, before the occlusion, "
+                          "and re-detection does not find it again: J 0.0 on the frames after it (2026-11-30)", strict=False)
+def test_keeps_object_through_occlusion(tracker_model):
+    v, k, t_occ, frac = occlusion_case(OCCLUSION_SEED)
     pred = track(tracker_model, v, VideoOptions(strategy="points", refine_iters=2))
     j = per_frame_j(pred, v.id_maps, k)
     after = np.arange(len(v.frames)) > t_occ

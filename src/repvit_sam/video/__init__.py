@@ -7,7 +7,8 @@ load when a video file is opened or the Lucas-Kanade tracker is made.
 
 from .frames import ArrayFrames, FolderFrames, FrameError, FrameSource, VideoFileFrames, open_frames
 from .options import VideoOptions
-from .predictor import FrameResult, ObjectPrompt, Prompts, VideoPredictor
+from .predictor import VideoPredictor
+from .prompts import FrameResult, ObjectPrompt, Prompts
 from .trackers import LucasKanadeTracker, PointTracker
 
 __all__ = [

@@ -71,9 +71,9 @@ def clip(frames: int, height: int = 480, width: int = 854):
 
 def measure(model, backend: str, frames, id_maps, objects: int, options) -> Dict[str, Any]:
     """One timed run: frames/s, encoder and other ms per frame, overhead ratio."""
-    import numpy as np
 
-    from .predictor import Prompts, VideoPredictor
+    from .predictor import VideoPredictor
+    from .prompts import Prompts
 
     vp = VideoPredictor(model, options, backend=backend)
 

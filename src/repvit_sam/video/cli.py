@@ -122,7 +122,7 @@ def build_prompts(args: argparse.Namespace, size: Tuple[int, int]):
 
     from ..cli import UsageError
     from ..inference.prompts import PromptError
-    from .predictor import Prompts
+    from .prompts import Prompts
 
     prompts = Prompts()
     try:

@@ -177,7 +177,8 @@ def evaluate(model, count: int = 4) -> Dict[str, Any]:
     from ..evaluation.video_metrics import davis_summary, score_sequence
     from ..synthetic import make_video, scene_rng
     from .options import VideoOptions
-    from .predictor import Prompts, VideoPredictor
+    from .predictor import VideoPredictor
+    from .prompts import Prompts
 
     videos = [make_video(scene_rng(VAL_SEED, i, "video"), *SIZE) for i in range(count)]
     out = {}

@@ -51,135 +51,24 @@ to every point prompt without a box.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..inference.fast_decoder import FastDecoder
 from ..inference.predictor import SamPredictor
-from ..inference.prompts import PromptError, check_boxes, check_points
 from ..modeling.sam import Sam
 from .frames import FrameSource, FramesLike, open_frames
+from .appearance import best_cells, overlap_losers, prototypes
 from .options import VideoOptions
+from .prompts import FrameResult, ObjectPrompt, Prompts
 from .points import mask_box, mask_points, query_points
 from .trackers import LucasKanadeTracker, PointTracker
 
 EMBEDDING_CACHE = 16  # embeddings of frames shared by both sweeps kept from the backward sweep
-CONFLICT_OVERLAP = 0.7  # two objects whose masks share this much of the smaller one claim the same thing
 DIRECTIONS = ("both", "forward", "backward")
-
-
-# ---------------------------------------------------------------------------- prompts
-@dataclass
-class ObjectPrompt:
-    """One object's prompt, on one frame. points: (N, 2) XY pixels, labels (N,) 1/0; box: (4,)
-    XYXY pixels; mask: (H, W) bool. A mask prompt stands alone; points and a box combine."""
-
-    obj_id: int
-    frame: int
-    points: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
-    box: Optional[np.ndarray] = None
-    mask: Optional[np.ndarray] = None
-
-
-class Prompts:
-    """The prompts of a video, per object id. ``add`` may be called several times for the same
-    object on the same frame (points accumulate); an object prompted on two frames, given two
-    boxes, or a mask together with other prompts is refused (:class:`PromptError`)."""
-
-    def __init__(self) -> None:
-        self.objects: Dict[int, ObjectPrompt] = {}
-
-    def add(self, frame: int, obj_id: int, points: Optional[object] = None, labels: Optional[object] = None,
-            box: Optional[object] = None, mask: Optional[np.ndarray] = None) -> None:
-        if not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
-            raise PromptError(f"object ids are integers >= 1 (0 is the background), got {obj_id!r}")
-        if not isinstance(frame, (int, np.integer)) or frame < 0:
-            raise PromptError(f"frame must be an integer >= 0, got {frame!r}")
-        obj_id, frame = int(obj_id), int(frame)
-        if points is None and box is None and mask is None:
-            raise PromptError(f"object {obj_id}: give points, a box or a mask")
-        if points is None and labels is not None:
-            raise PromptError(f"object {obj_id}: labels given without points")
-        p = self.objects.get(obj_id)
-        if p is None:
-            p = self.objects[obj_id] = ObjectPrompt(obj_id, frame)
-        elif p.frame != frame:
-            raise PromptError(f"object id {obj_id} is already prompted on frame {p.frame}: each object is prompted on one frame "
-                              f"(use a new id for frame {frame})")
-        elif p.mask is not None or mask is not None:
-            raise PromptError(f"object id {obj_id} is already used on frame {frame}: a mask prompt stands alone (use a new id)")
-        if mask is not None:
-            m = np.asarray(mask)
-            if m.ndim != 2:
-                raise PromptError(f"object {obj_id}: the mask must be (H, W), got shape {m.shape}")
-            if not m.any():
-                raise PromptError(f"object {obj_id}: the mask on frame {frame} is empty")
-            p.mask = m.astype(bool)
-        if box is not None:
-            if p.box is not None:
-                raise PromptError(f"object id {obj_id} already has a box on frame {frame}: give each box its own object id")
-            p.box = np.asarray(box, dtype=np.float64)
-        if points is not None:
-            pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
-            p.points = pts if p.points is None else np.concatenate([p.points, pts])
-            p.labels = lab if p.labels is None else np.concatenate([p.labels, lab])
-
-    def __len__(self) -> int:
-        return len(self.objects)
-
-    def validate(self, n_frames: int, size: Tuple[int, int]) -> List[ObjectPrompt]:
-        """Check every prompt against the video (frame range, coordinates, mask size)."""
-        if not self.objects:
-            raise PromptError("no prompts: prompt at least one object (points, a box or a mask)")
-        h, w = size
-        for p in self.objects.values():
-            if p.frame >= n_frames:
-                raise PromptError(f"object {p.obj_id} is prompted on frame {p.frame}, but the video has {n_frames} frames (0..{n_frames - 1})")
-            if p.mask is not None and p.mask.shape != (h, w):
-                raise PromptError(f"object {p.obj_id}: the mask is {p.mask.shape[1]}x{p.mask.shape[0]} but the frames are {w}x{h}")
-            if p.points is not None:
-                p.points, p.labels = check_points(p.points, p.labels, size)
-                if not (p.labels >= 0).all():
-                    raise PromptError(f"object {p.obj_id}: point labels are 1 (foreground) or 0 (background)")
-                if p.box is None and not (p.labels == 1).any():
-                    raise PromptError(f"object {p.obj_id}: give at least one foreground point (label 1) or a box")
-            if p.box is not None:
-                p.box = check_boxes(p.box, size)[0]
-        return sorted(self.objects.values(), key=lambda p: p.obj_id)
-
-
-# ---------------------------------------------------------------------------- results
-@dataclass
-class FrameResult:
-    """The masks of one frame: ``masks[obj_id]`` (H, W) bool, ``scores[obj_id]`` the predicted
-    IoU (1.0 for a given mask, 0.0 for an empty one), ``points[obj_id]`` the visible tracked
-    query points ((N, 2) XY, labels (N,)) where the strategy tracks points."""
-
-    index: int
-    masks: Dict[int, np.ndarray]
-    scores: Dict[int, float]
-    points: Dict[int, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-    def label_map(self, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
-        """(H, W) uint8 label image (0 background, obj_id elsewhere; ids must be < 256).
-        Where masks overlap, the higher score wins (ties: the lower id)."""
-        if size is None:
-            size = next(iter(self.masks.values())).shape if self.masks else (0, 0)
-        labels = np.zeros(size, dtype=np.uint8)
-        best = np.full(size, -np.inf, dtype=np.float32)
-        for obj_id in sorted(self.masks, key=lambda o: (-self.scores.get(o, 0.0), o)):
-            if obj_id > 255:
-                raise ValueError(f"object id {obj_id} does not fit a uint8 label image (ids 1..255)")
-            m = self.masks[obj_id] & (best == -np.inf)
-            labels[m] = obj_id
-            best[m] = self.scores.get(obj_id, 0.0)
-        return labels
 
 
 # ---------------------------------------------------------------------------- per-object state
@@ -308,25 +197,11 @@ class VideoPredictor:
             low[sel], iou[sel] = new_low, new_iou
         return low, iou
 
-    # ------------------------------------------------------------------ prototypes
-    @torch.no_grad()
-    def _grid_weights(self, masks: np.ndarray) -> torch.Tensor:
-        """(B, H, W) bool masks -> (B, h, w) covered fraction of each embedding cell."""
-        size = self.model.image_encoder.img_size
-        feats = self._features
-        assert feats is not None
-        gh, gw = feats.shape[-2:]
-        m = torch.as_tensor(masks, device=self.device, dtype=torch.float32)[:, None]
-        m = F.interpolate(m, size=self.input_size, mode="bilinear", align_corners=False)
-        m = F.pad(m, (0, size - self.input_size[1], 0, size - self.input_size[0]))
-        return F.adaptive_avg_pool2d(m, (gh, gw))[:, 0]
-
-    @torch.no_grad()
+    # ------------------------------------------------------------------ appearance
     def _prototypes(self, masks: np.ndarray) -> torch.Tensor:
-        """(B, C) unit mean embedding under each mask (normalised per cell first)."""
-        feats = F.normalize(self._features[0].float().flatten(1), dim=0)  # (C, hw)
-        w = self._grid_weights(masks).flatten(1)  # (B, hw)
-        return F.normalize(w @ feats.T, dim=1)
+        """(B, C) prototypes of masks on the current frame (:func:`.appearance.prototypes`)."""
+        assert self._features is not None
+        return prototypes(masks, self._features, self.input_size, self.model.image_encoder.img_size)
 
     # ------------------------------------------------------------------ per frame
     def _start(self, prompts: List[ObjectPrompt]) -> List[_Object]:
@@ -438,30 +313,20 @@ class VideoPredictor:
     @torch.no_grad()
     def _redetect(self, lost: List[_Object], taken: np.ndarray) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
         """Look for objects whose mask is empty by appearance; ``taken`` (H, W) bool: pixels of
-        the objects found on this frame. Returns the ones found."""
+        the objects found on this frame. The best free cell of each lost object's prototype,
+        if similar enough, prompts the decoder; a mask is kept if its predicted IoU passes and
+        its own prototype is as similar. Returns the ones found."""
         opt = self.options
         lost = [o for o in lost if o.proto is not None]
         if not lost:
             return {}
-        feats = F.normalize(self._features[0].float().flatten(1), dim=0)  # (C, hw)
-        protos = torch.stack([o.proto for o in lost])  # (L, C)
-        sim = protos @ feats  # (L, hw)
-        gh, gw = self._features.shape[-2:]
-        occupied = self._grid_weights(taken[None])[0].flatten() > 0.5
-        # cells outside the image (padding) and cells of found objects are not candidates
-        h_in, w_in = self.input_size
-        cell = self.model.image_encoder.img_size / gh
-        ys, xs = torch.meshgrid(torch.arange(gh, device=self.device), torch.arange(gw, device=self.device), indexing="ij")
-        inside = (((ys + 0.5) * cell < h_in) & ((xs + 0.5) * cell < w_in)).flatten()
-        sim = sim.masked_fill(occupied[None] | ~inside[None], -2.0)
-        best, where = sim.max(dim=1)
+        assert self._features is not None
+        best, centres = best_cells(torch.stack([o.proto for o in lost]), self._features, taken, self.input_size,
+                                   self.model.image_encoder.img_size)
         cand = [i for i in range(len(lost)) if float(best[i]) >= opt.redetect_threshold]
         if not cand:
             return {}
-        pts = []
-        for i in cand:
-            y, x = divmod(int(where[i]), gw)
-            pts.append(np.array([[(x + 0.5) * cell, (y + 0.5) * cell]]))
+        pts = [centres[i : i + 1] for i in cand]
         labs = [np.ones(1, dtype=np.int64)] * len(cand)
         low, iou = self._decode(pts, labs, multimask=True)
         k = iou.argmax(dim=1)
@@ -469,36 +334,22 @@ class VideoPredictor:
         low, iou = low[sel, k][:, None], iou[sel, k][:, None]
         low, iou = self._refine(low, iou, pts, labs)
         masks = self._upscale(low)
-        found: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
         good = [j for j in range(len(cand)) if float(iou[j, 0]) >= opt.iou_threshold and masks[j].any()]
         if not good:
             return {}
-        protos_new = self._prototypes(masks[good])
-        for n, j in enumerate(good):
+        found: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
+        for n, proto in enumerate(self._prototypes(masks[good])):
+            j = good[n]
             o = lost[cand[j]]
-            if float(protos_new[n] @ o.proto) >= opt.redetect_threshold:
+            if float(proto @ o.proto) >= opt.redetect_threshold:
                 found[o.obj_id] = (masks[j], float(iou[j, 0]), low[j])
         return found
 
     def _resolve_conflicts(self, objs: Dict[int, _Object], results: Dict[int, Tuple[np.ndarray, float, torch.Tensor]]) -> None:
-        """Two objects whose masks are mostly the same region (the smaller one covered for
-        ``CONFLICT_OVERLAP`` of its area): the region goes to the object whose prototype it
-        resembles more, the other object's mask is empty (one has drifted onto the other)."""
-        ids = [k for k, r in results.items() if r[0].any() and objs[k].proto is not None]
-        if len(ids) < 2:
-            return
-        flat = np.stack([results[k][0].reshape(-1) for k in ids]).astype(np.float32)
-        area = flat.sum(1)
-        inter = flat @ flat.T
-        losers = set()
-        for a in range(len(ids)):
-            for b in range(a + 1, len(ids)):
-                if inter[a, b] < CONFLICT_OVERLAP * min(area[a], area[b]) or ids[a] in losers or ids[b] in losers:
-                    continue
-                ka, kb = ids[a], ids[b]
-                region = results[ka][0] & results[kb][0]
-                proto = self._prototypes(region[None])[0]
-                losers.add(kb if float(proto @ objs[ka].proto) >= float(proto @ objs[kb].proto) else ka)
+        """Empty the mask of each object that loses a contested region (:func:`.appearance.overlap_losers`)."""
+        losers = overlap_losers({k: r[0] for k, r in results.items()},
+                                {k: objs[k].proto for k in results if objs[k].proto is not None},
+                                lambda region: self._prototypes(region[None])[0])
         for k in losers:
             results[k] = (np.zeros_like(results[k][0]), 0.0, objs[k].low)
 

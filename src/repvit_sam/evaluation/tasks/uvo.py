@@ -51,7 +51,7 @@ def track_video(vp, model, video: VisVideo, points_per_side: int, max_masks: int
     returns the IoU inputs, the predictions (RLE) and their scores."""
     from ...inference.masks import mask_to_rle
     from ...video.frames import ArrayFrames, FolderFrames
-    from ...video.predictor import Prompts
+    from ...video.prompts import Prompts
 
     folder = video.frames[0].parent
     if all(f.parent == folder for f in video.frames) and len(list(folder.iterdir())) == len(video.frames):

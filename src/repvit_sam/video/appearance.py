@@ -1,0 +1,80 @@
+"""Appearance of tracked objects in the image embedding: prototypes, re-detection, conflicts.
+
+An object's *prototype* is the unit mean of the L2-normalised embedding cells under its mask
+(each cell weighted by the fraction of it the mask covers). :class:`VideoPredictor` uses it
+to verify tracked masks, to look for lost objects (:func:`best_cells`) and to settle two
+objects claiming the same region (:func:`overlap_losers`). Everything works on one frame's
+embedding (1, C, h, w) and masks at the frame size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Set, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+CONFLICT_OVERLAP = 0.7  # two objects whose masks share this much of the smaller one claim the same thing
+
+
+def cell_weights(masks: np.ndarray, features: torch.Tensor, input_size: Tuple[int, int], img_size: int) -> torch.Tensor:
+    """(B, H, W) bool masks at the frame size -> (B, h, w): the covered fraction of each
+    embedding cell (masks resized to ``input_size`` and zero-padded to ``img_size`` first)."""
+    gh, gw = features.shape[-2:]
+    m = torch.as_tensor(masks, device=features.device, dtype=torch.float32)[:, None]
+    m = F.interpolate(m, size=input_size, mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, img_size - input_size[1], 0, img_size - input_size[0]))
+    return F.adaptive_avg_pool2d(m, (gh, gw))[:, 0]
+
+
+@torch.no_grad()
+def prototypes(masks: np.ndarray, features: torch.Tensor, input_size: Tuple[int, int], img_size: int) -> torch.Tensor:
+    """(B, C) unit mean embedding under each mask (each cell normalised first)."""
+    feats = F.normalize(features[0].float().flatten(1), dim=0)  # (C, hw)
+    w = cell_weights(masks, features, input_size, img_size).flatten(1)  # (B, hw)
+    return F.normalize(w @ feats.T, dim=1)
+
+
+@torch.no_grad()
+def best_cells(protos: torch.Tensor, features: torch.Tensor, taken: np.ndarray, input_size: Tuple[int, int],
+               img_size: int) -> Tuple[torch.Tensor, np.ndarray]:
+    """For each prototype (L, C), the embedding cell most like it among the cells inside the
+    image and not covered by ``taken`` (H, W) bool (other objects found on this frame): its
+    cosine similarity (L,) and its centre (L, 2) XY in the model's input frame. A frame with
+    no free cell gives similarity -2."""
+    feats = F.normalize(features[0].float().flatten(1), dim=0)  # (C, hw)
+    sim = protos @ feats  # (L, hw)
+    gh, gw = features.shape[-2:]
+    occupied = cell_weights(taken[None], features, input_size, img_size)[0].flatten() > 0.5
+    cell = img_size / gh
+    ys, xs = torch.meshgrid(torch.arange(gh, device=features.device), torch.arange(gw, device=features.device), indexing="ij")
+    inside = (((ys + 0.5) * cell < input_size[0]) & ((xs + 0.5) * cell < input_size[1])).flatten()
+    sim = sim.masked_fill(occupied[None] | ~inside[None], -2.0)
+    best, where = sim.max(dim=1)
+    y, x = np.divmod(where.cpu().numpy(), gw)
+    centres = np.stack([(x + 0.5) * cell, (y + 0.5) * cell], 1).astype(np.float64)
+    return best, centres
+
+
+def overlap_losers(masks: Dict[int, np.ndarray], protos: Dict[int, torch.Tensor],
+                   region_prototype: Callable[[np.ndarray], torch.Tensor]) -> Set[int]:
+    """Objects that lose a contested region. Two objects whose masks are mostly the same region
+    (the smaller one covered for ``CONFLICT_OVERLAP`` of its area) claim the same thing: the
+    region goes to the object whose prototype it resembles more (``region_prototype`` maps an
+    (H, W) mask to its prototype); the other one is returned. Each object loses at most once."""
+    ids: List[int] = [k for k, m in masks.items() if m.any() and k in protos]
+    if len(ids) < 2:
+        return set()
+    flat = np.stack([masks[k].reshape(-1) for k in ids]).astype(np.float32)
+    area = flat.sum(1)
+    inter = flat @ flat.T
+    losers: Set[int] = set()
+    for a in range(len(ids)):
+        for b in range(a + 1, len(ids)):
+            if inter[a, b] < CONFLICT_OVERLAP * min(area[a], area[b]) or ids[a] in losers or ids[b] in losers:
+                continue
+            ka, kb = ids[a], ids[b]
+            proto = region_prototype(masks[ka] & masks[kb])
+            losers.add(kb if float(proto @ protos[ka]) >= float(proto @ protos[kb]) else ka)
+    return losers
