@@ -82,9 +82,11 @@ def _line_image(col: int, size=(100, 100)) -> np.ndarray:
 
 
 # The benchmark's pixel correspondence (CSA matching with randomly drawn outlier edges, as in
-# the original correspondPixels) now and then leaves one of 80 pixels unmatched at a
-# threshold: exact answers are checked to 2%.
-TOL = 0.02
+# the original correspondPixels) now and then leaves a pixel or two of the 80 unmatched at a
+# threshold. Its random generator is seeded once per process and advances with every call, so
+# how many depends on what ran before in the same process (a full CI run once gave R50 =
+# 78/80 = 0.975 here, against 1.0 alone): exact answers are checked to 3% (2 of 80 pixels).
+TOL = 0.03
 
 
 def test_edge_scores_known_answers():
