@@ -36,3 +36,26 @@ def test_bench_video_rows_and_json(tmp_path, capsys):
 def test_bench_video_refuses_bad_object_counts(capsys):
     code, _, err = run_cli(["bench", "--task", "video", "--models", "tiny_repvit", "--size", "256", "--objects", "6"], capsys)
     assert code == 2 and "--objects takes 1..5" in err
+
+
+def test_bf16_backends_only_picked_where_the_cpu_has_bf16(tmp_path, monkeypatch):
+    """Emulated bfloat16 is slower than fp32 (OpenVINO bf16: 4x on an AVX-512 Xeon without
+    AVX512-BF16), so the default video backend is an fp32 one unless the CPU computes bf16."""
+    from repvit_sam import backends
+    from repvit_sam.video import bench as vbench
+
+    plain, native = tmp_path / "plain", tmp_path / "native"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    native.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert backends.cpu_has_native_bf16(str(plain)) is False
+    assert backends.cpu_has_native_bf16(str(native)) is True
+    assert backends.cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+    everything = {name: None for name in backends.BACKENDS}
+    monkeypatch.setattr(backends, "available_backends", lambda: everything)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda cpuinfo="": False)
+    assert vbench.pick_backend(None) == "openvino"
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda cpuinfo="": True)
+    assert vbench.pick_backend(None) == "openvino-bf16"
+    assert vbench.pick_backend(["fused"]) == "fused"  # what the user names wins

@@ -12,8 +12,9 @@ then one timed run over ``--video-frames`` frames. Per configuration:
 * other ms per frame (all the rest) and ``overhead`` = other / encoder, the figure the target
   (<= 0.15 with 5 objects) is about.
 
-Backend: the first of ``--backends``, else the fastest CPU backend available here (OpenVINO
-bf16, then torch bf16, then fused channels-last); a ``cuda*`` backend puts the model on the
+Backend: the first of ``--backends``, else the fastest CPU backend available here: OpenVINO
+bf16, then torch bf16 on CPUs that compute bfloat16 natively; elsewhere OpenVINO fp32 (bf16 is
+emulated there and several times slower), then fused channels-last; a ``cuda*`` backend puts the model on the
 GPU (the report then carries the GPU's name). Random weights unless ``--pretrained``; with
 random weights the predicted-IoU filter is off (``iou_threshold`` 0), so that objects are not
 dropped as empty and every object is decoded, refined and upsampled on every frame: the most
@@ -29,7 +30,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-CPU_PREFERENCE = ("openvino-bf16", "bf16", "fused-cl", "fused")
+CPU_PREFERENCE = ("openvino-bf16", "bf16", "openvino", "fused-cl", "fused")  # with native bf16
+CPU_PREFERENCE_FP32 = ("openvino", "fused-cl", "fused")  # without it
 GPU_PREFERENCE = ("cuda-bf16", "cuda")
 
 
@@ -45,14 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def pick_backend(requested: Optional[Sequence[str]]) -> str:
-    from ..backends import available_backends
+    from ..backends import available_backends, cpu_has_native_bf16
 
     if requested:
         return requested[0]
     ok = {b for b, reason in available_backends().items() if reason is None}
     import torch
 
-    for b in (GPU_PREFERENCE if torch.cuda.is_available() else ()) + CPU_PREFERENCE:
+    cpu = CPU_PREFERENCE if cpu_has_native_bf16() else CPU_PREFERENCE_FP32
+    for b in (GPU_PREFERENCE if torch.cuda.is_available() else ()) + cpu:
         if b in ok:
             return b
     return "fused"

@@ -1,6 +1,6 @@
 """Track prompted objects through a video with an image SAM.
 
-    vp = VideoPredictor(model, VideoOptions(strategy="points"), backend="openvino-bf16")
+    vp = VideoPredictor(model, VideoOptions(strategy="points"), backend="openvino")
     prompts = Prompts()
     prompts.add(frame=0, obj_id=1, mask=first_mask)                    # (H, W) bool
     prompts.add(frame=10, obj_id=2, points=[[320, 240]], labels=[1])   # XY pixels
