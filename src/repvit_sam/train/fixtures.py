@@ -80,6 +80,10 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; the committed fixtures say which made them")
     p.add_argument("--teacher-only", action="store_true", help="stop after fine-tuning the teacher (WORK/teacher/model.pt)")
     p.add_argument("--smoke", action="store_true", help="a few steps of each stage on a few images (checks the pipeline, not the models)")
+    p.add_argument("--teacher-steps", type=int, default=None, metavar="N",
+                   help=f"fine-tuning steps of the teacher (default {FINETUNE[FINETUNE.index('--steps') + 1]}; more on a GPU)")
+    p.add_argument("--teacher-batch-size", type=int, default=None, metavar="B",
+                   help=f"the teacher's batch size (default {FINETUNE[FINETUNE.index('--batch-size') + 1]})")
     args = p.parse_args(argv)
     global TRAIN_COUNT, VAL_COUNT
     finetune, phase1, phase2 = list(FINETUNE), list(PHASE1), list(PHASE2)
@@ -89,6 +93,10 @@ def main(argv: List[str] | None = None) -> int:
             opts[opts.index("--steps") + 1] = "3"
         phase1[phase1.index("--val-images") + 1] = "2"
         phase2[phase2.index("--val-images") + 1] = "2"
+    if args.teacher_steps is not None:
+        finetune[finetune.index("--steps") + 1] = str(args.teacher_steps)
+    if args.teacher_batch_size is not None:
+        finetune[finetune.index("--batch-size") + 1] = str(args.teacher_batch_size)
     dev = ["--device", args.device, "--workers", "0" if args.device == "cpu" else "4"]
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
     work, out = args.work, args.output
