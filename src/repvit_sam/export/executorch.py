@@ -22,15 +22,14 @@ import torch
 from ..modeling.sam import Sam
 from .manifest import FORMATS, MOBILE_DECODER_INPUTS, MobileModelError, read_mobile_export
 from .mobile import (
-    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, calibration_set, capture, decoder_example, encoder_example,
-    mobile_metadata, quantize_pt2e,
+    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, capture, check_common_options, decoder_example,
+    encoder_example, package_version, quantize_pt2e, write_mobile_export,
 )
-from .onnx import ExportError, check_parts, publish, require, staging
+from .onnx import ExportError, check_parts, require
 
 FORMAT = "repvit-sam-executorch"
 ENCODER_FILE = "encoder.pte"
 DECODER_FILE = "decoder.pte"
-METADATA_FILE = "metadata.json"
 QUANTIZE = (None, "int8")
 MOBILE_EXTRA = "mobile"
 
@@ -85,10 +84,7 @@ def check_options(quantize: Optional[str], calibration: Optional[os.PathLike], m
     if quantize not in QUANTIZE:
         hint = " (XNNPACK runs fp16 only on ARM CPUs; use 'repvit-sam export tflite --quantize fp16')" if quantize == "fp16" else ""
         raise ExportError(f"executorch: --quantize {quantize} is not supported, only int8{hint}")
-    if calibration is not None and quantize != "int8":
-        raise ExportError("--calibration is used only with --quantize int8")
-    if max_points < 2:
-        raise ExportError(f"--max-points must be 2 or more (a click and its padding point), got {max_points}")
+    check_common_options(quantize, calibration, max_points)
 
 
 def export_executorch(
@@ -114,43 +110,18 @@ def export_executorch(
     check_options(quantize, calibration, max_points)
     check_parts(encoder, decoder)
     et = require("executorch", MOBILE_EXTRA)
-    from ..utils import write_json_atomic
-
-    say = log or (lambda _msg: None)
     model = model.eval().cpu().float()
-    calib_text = None
-    calib: List = []
-    if encoder and quantize == "int8":
-        calib, calib_text = calibration_set(model, calibration, preprocess)
-    written: Dict[str, Path] = {}
-    with staging(out_dir, ".executorch-export-") as (out, tmp):
-        files: Dict[str, str] = {}
-        if encoder:
-            say(f"ExecuTorch: lowering the image encoder to XNNPACK{' (int8)' if quantize else ''}")
-            (tmp / ENCODER_FILE).write_bytes(encoder_program(model, preprocess=preprocess, quantize=quantize, calibration=calib, log=say))
-            files["encoder"] = ENCODER_FILE
-        if decoder:
-            say("ExecuTorch: lowering the prompt decoder to XNNPACK")
-            (tmp / DECODER_FILE).write_bytes(decoder_program(model, max_points))
-            files["decoder"] = DECODER_FILE
-        version = getattr(et, "__version__", None) or _version("executorch")
-        meta = mobile_metadata(model, name=name, fmt=FORMAT, runtime="executorch", quantize=quantize, preprocess=preprocess,
-                               max_points=max_points, files=files, folder=tmp, checkpoint=checkpoint, calibration=calib_text,
-                               exporter=f"torch {torch.__version__} torch.export -> executorch {version} (XnnpackPartitioner)")
-        publish(tmp, out, list(files.values()))
-        written.update((key, out / fname) for key, fname in files.items())
-        write_json_atomic(out / METADATA_FILE, meta)
-        written["metadata"] = out / METADATA_FILE
-    return written
-
-
-def _version(package: str) -> Optional[str]:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    version = getattr(et, "__version__", None) or package_version("executorch")
+    return write_mobile_export(
+        model, out_dir, runtime="executorch", fmt=FORMAT, files=(ENCODER_FILE, DECODER_FILE),
+        encoder_bytes=(lambda calib, _tmp, say: encoder_program(model, preprocess=preprocess, quantize=quantize, calibration=calib,
+                                                               log=say)) if encoder else None,
+        decoder_bytes=(lambda _tmp: decoder_program(model, max_points)) if decoder else None,
+        messages=(f"ExecuTorch: lowering the image encoder to XNNPACK{' (int8)' if quantize else ''}",
+                  "ExecuTorch: lowering the prompt decoder to XNNPACK"),
+        exporter=f"torch {torch.__version__} torch.export -> executorch {version} (XnnpackPartitioner)",
+        name=name, checkpoint=checkpoint, quantize=quantize, calibration=calibration, preprocess=preprocess, log=log,
+        max_points=max_points)
 
 
 # ---------------------------------------------------------------------------- running

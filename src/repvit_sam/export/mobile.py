@@ -42,6 +42,7 @@ from .manifest import EMPTY_LABEL, MOBILE_DECODER_INPUTS, MOBILE_DECODER_OUTPUTS
 from .onnx import ExportError
 
 DEFAULT_MAX_POINTS = 16
+METADATA_FILE = "metadata.json"  # beside the files of every on-device export
 CALIBRATION_DEFAULT = 8  # images used for int8 calibration when a folder has more
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry", "coins")
 
@@ -295,3 +296,77 @@ def mobile_metadata(model: Sam, *, name: str, fmt: str, runtime: str, quantize: 
         exporter=exporter,
     )
     return meta
+
+
+# ---------------------------------------------------------------------------- the export driver
+def package_version(package: str) -> Optional[str]:
+    """The installed version of ``package``, or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_common_options(quantize: Optional[str], calibration: Optional[os.PathLike], max_points: int) -> None:
+    """One-line ExportError for the options no on-device export can honour (each runtime checks
+    its own ``quantize`` choices first)."""
+    if calibration is not None and quantize != "int8":
+        raise ExportError("--calibration is used only with --quantize int8")
+    if max_points < 2:
+        raise ExportError(f"--max-points must be 2 or more (a click and its padding point), got {max_points}")
+
+
+def write_mobile_export(
+    model: Sam,
+    out_dir: os.PathLike,
+    *,
+    runtime: str,
+    fmt: str,
+    files: Tuple[str, str],
+    encoder_bytes: Optional[Callable[[List, Path, Callable[[str], None]], bytes]],
+    decoder_bytes: Optional[Callable[[Path], bytes]],
+    messages: Tuple[str, str],
+    exporter: str,
+    name: str,
+    checkpoint: Optional[os.PathLike],
+    quantize: Optional[str],
+    calibration: Optional[os.PathLike],
+    preprocess: bool,
+    log: Optional[Callable[[str], None]],
+    max_points: int,
+) -> Dict[str, Path]:
+    """What every on-device export does around its runtime's conversion of ``model`` (already
+    in eval mode, fp32, on the CPU): the calibration inputs for int8, a staging folder, the files
+    ``files`` = (encoder file, decoder file) made by ``encoder_bytes(calibration inputs, staging
+    folder, log)`` and ``decoder_bytes(staging folder)`` (None: left out), ``messages`` logged
+    before each, then the files moved into ``out_dir`` and ``metadata.json`` written last, so
+    files appear only when complete. Returns the paths written, by key."""
+    from ..utils import write_json_atomic
+    from .onnx import publish, staging
+
+    say = log or (lambda _msg: None)
+    calib: List = []
+    calib_text = None
+    if encoder_bytes is not None and quantize == "int8":
+        calib, calib_text = calibration_set(model, calibration, preprocess)
+    written: Dict[str, Path] = {}
+    with staging(out_dir, f".{runtime}-export-") as (out, tmp):
+        names: Dict[str, str] = {}
+        if encoder_bytes is not None:
+            say(messages[0])
+            (tmp / files[0]).write_bytes(encoder_bytes(calib, tmp, say))
+            names["encoder"] = files[0]
+        if decoder_bytes is not None:
+            say(messages[1])
+            (tmp / files[1]).write_bytes(decoder_bytes(tmp))
+            names["decoder"] = files[1]
+        meta = mobile_metadata(model, name=name, fmt=fmt, runtime=runtime, quantize=quantize, preprocess=preprocess,
+                               max_points=max_points, files=names, folder=tmp, checkpoint=checkpoint, calibration=calib_text,
+                               exporter=exporter)
+        publish(tmp, out, list(names.values()))
+        written.update((key, out / fname) for key, fname in names.items())
+        write_json_atomic(out / METADATA_FILE, meta)
+        written["metadata"] = out / METADATA_FILE
+    return written

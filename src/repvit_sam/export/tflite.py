@@ -28,14 +28,14 @@ from torch import nn
 from ..modeling.sam import Sam
 from .manifest import MOBILE_DECODER_INPUTS, MOBILE_DECODER_OUTPUTS
 from .mobile import (
-    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, calibration_set, decoder_example, encoder_example, mobile_metadata,
+    DEFAULT_MAX_POINTS, MobileImageEncoder, MobilePromptDecoder, check_common_options, decoder_example, encoder_example,
+    package_version, write_mobile_export,
 )
-from .onnx import ExportError, check_parts, publish, require, staging
+from .onnx import ExportError, check_parts, require
 
 FORMAT = "repvit-sam-tflite"
 ENCODER_FILE = "encoder.tflite"
 DECODER_FILE = "decoder.tflite"
-METADATA_FILE = "metadata.json"
 QUANTIZE = (None, "fp16", "int8")
 MOBILE_EXTRA = "mobile"
 
@@ -155,10 +155,7 @@ def check_options(quantize: Optional[str], calibration: Optional[os.PathLike], m
     """One-line ExportError for options the LiteRT export cannot honour."""
     if quantize not in QUANTIZE:
         raise ExportError(f"tflite: --quantize {quantize} is not supported; choose fp16 or int8")
-    if calibration is not None and quantize != "int8":
-        raise ExportError("--calibration is used only with --quantize int8")
-    if max_points < 2:
-        raise ExportError(f"--max-points must be 2 or more (a click and its padding point), got {max_points}")
+    check_common_options(quantize, calibration, max_points)
 
 
 def export_tflite(
@@ -180,32 +177,13 @@ def export_tflite(
     check_options(quantize, calibration, max_points)
     check_parts(encoder, decoder)
     require("litert_torch", MOBILE_EXTRA)
-    from ..utils import write_json_atomic
-    from .executorch import _version
-
-    say = log or (lambda _msg: None)
     model = model.eval().cpu().float()
-    calib: List = []
-    calib_text = None
-    if encoder and quantize == "int8":
-        calib, calib_text = calibration_set(model, calibration, preprocess)
-    written: Dict[str, Path] = {}
-    with staging(out_dir, ".tflite-export-") as (out, tmp):
-        files: Dict[str, str] = {}
-        if encoder:
-            say(f"LiteRT: converting the image encoder{f' ({quantize})' if quantize else ''}")
-            data = encoder_model(model, preprocess=preprocess, quantize=quantize, calibration=calib, tmp=tmp, log=say)
-            (tmp / ENCODER_FILE).write_bytes(data)
-            files["encoder"] = ENCODER_FILE
-        if decoder:
-            say("LiteRT: converting the prompt decoder")
-            (tmp / DECODER_FILE).write_bytes(decoder_model(model, max_points, fp16=quantize == "fp16", tmp=tmp))
-            files["decoder"] = DECODER_FILE
-        meta = mobile_metadata(model, name=name, fmt=FORMAT, runtime="litert", quantize=quantize, preprocess=preprocess,
-                               max_points=max_points, files=files, folder=tmp, checkpoint=checkpoint, calibration=calib_text,
-                               exporter=f"torch {torch.__version__} -> litert-torch {_version('litert-torch')}")
-        publish(tmp, out, list(files.values()))
-        written.update((key, out / fname) for key, fname in files.items())
-        write_json_atomic(out / METADATA_FILE, meta)
-        written["metadata"] = out / METADATA_FILE
-    return written
+    return write_mobile_export(
+        model, out_dir, runtime="litert", fmt=FORMAT, files=(ENCODER_FILE, DECODER_FILE),
+        encoder_bytes=(lambda calib, tmp, say: encoder_model(model, preprocess=preprocess, quantize=quantize, calibration=calib,
+                                                             tmp=tmp, log=say)) if encoder else None,
+        decoder_bytes=(lambda tmp: decoder_model(model, max_points, fp16=quantize == "fp16", tmp=tmp)) if decoder else None,
+        messages=(f"LiteRT: converting the image encoder{f' ({quantize})' if quantize else ''}", "LiteRT: converting the prompt decoder"),
+        exporter=f"torch {torch.__version__} -> litert-torch {package_version('litert-torch')}",
+        name=name, checkpoint=checkpoint, quantize=quantize, calibration=calibration, preprocess=preprocess, log=log,
+        max_points=max_points)
