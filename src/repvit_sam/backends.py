@@ -303,6 +303,18 @@ def calibration_images(size: int, count: int = 8, seed: int = 0) -> List[np.ndar
     return out
 
 
+def run_per_image(backend: str, runner: Callable[[Tuple[int, int]], Callable[[np.ndarray], np.ndarray]],
+                  x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images through ``runner((H, W))``, a batch-1 float32 graph for that size, one
+    image at a time (what exported runtimes optimise); the outputs stacked on ``x``'s device."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"backend {backend!r} expects a (B, 3, H, W) image tensor, got {tuple(x.shape)}")
+    run = runner((int(x.shape[2]), int(x.shape[3])))
+    xs = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    outs = [run(np.ascontiguousarray(xs[i : i + 1])) for i in range(xs.shape[0])]
+    return torch.from_numpy(np.concatenate(outs, axis=0)).to(x.device)
+
+
 class _ExportedEncoder:
     """Runs a fixed-shape export of the fused encoder; exports once per new input (H, W) and
     runs the images of a batch one at a time (batch-1 graphs are what these runtimes optimise)."""
@@ -328,12 +340,7 @@ class _ExportedEncoder:
         return self.runners[hw]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"backend {self.backend!r} expects a (B, 3, H, W) image tensor, got {tuple(x.shape)}")
-        run = self.runner((int(x.shape[2]), int(x.shape[3])))
-        xs = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        outs = [run(xs[i : i + 1]) for i in range(xs.shape[0])]
-        return torch.from_numpy(np.concatenate(outs, axis=0)).to(x.device)
+        return run_per_image(self.backend, self.runner, x)
 
 
 def _threads(threads: Optional[int]) -> int:

@@ -114,12 +114,9 @@ class MobileEncoder:
         return self.runners[hw]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"backend {self.backend!r} expects a (B, 3, H, W) image tensor, got {tuple(x.shape)}")
-        run = self.runner((int(x.shape[2]), int(x.shape[3])))
-        xs = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        outs = [run(np.ascontiguousarray(xs[i : i + 1])) for i in range(xs.shape[0])]
-        return torch.from_numpy(np.concatenate(outs, axis=0)).to(x.device)
+        from .backends import run_per_image
+
+        return run_per_image(self.backend, self.runner, x)
 
 
 def load_runner(path: os.PathLike, runtime: str, threads: Optional[int] = None) -> Runner:
