@@ -376,6 +376,34 @@ def test_int8_keeps_masks(request, backend, tmp_path):
     assert iou >= INT8_MIN_IOU
 
 
+def test_executorch_int8_tinyvit_with_window_padding_loads(tmp_path):
+    """MobileSAM's encoder (TinyViT) pads its feature map to a multiple of the attention
+    window; the int8 .pte of such a graph used to export but fail to load in XNNPACK
+    (StaticConstantPad). tiny_vit_t at 256 px pads in every windowed stage: the program must
+    load and its embedding stay close to the float encoder's."""
+    from executorch.runtime import Runtime
+
+    from repvit_sam.export.executorch import encoder_program
+    from repvit_sam.export.mobile import encoder_example
+
+    torch.manual_seed(0)
+    vit = randomize_(build_from_config(TINY["vit_t"])).eval()
+    res = [blk.input_resolution for layer in vit.image_encoder.layers[1:] for blk in layer.blocks[:1]]
+    windows = [blk.window_size for layer in vit.image_encoder.layers[1:] for blk in layer.blocks[:1]]
+    assert any(h % w for (h, _), w in zip(res, windows)), "the case needs a padded window"
+    g = torch.Generator().manual_seed(3)
+    calib = [(torch.randn(1, 3, 256, 256, generator=g),) for _ in range(2)]
+    path = tmp_path / "encoder.pte"
+    path.write_bytes(encoder_program(vit, quantize="int8", calibration=calib))
+    method = Runtime.get().load_program(str(path)).load_method("forward")  # raised before the fix
+    (x,) = encoder_example(vit, False, torch.randn(1, 3, 256, 256, generator=g))
+    out = method.execute([x])[0]
+    with torch.no_grad():
+        ref = vit.image_encoder(x)
+    assert out.shape == ref.shape
+    assert float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)) >= 0.99
+
+
 # ---------------------------------------------------------------------------- command line
 @pytest.mark.parametrize("argv,message", [
     (["executorch", "--quantize", "fp16"], "executorch: --quantize fp16 is not supported, only int8 (XNNPACK runs fp16 only on ARM"),

@@ -40,17 +40,36 @@ def _xnnpack_quantizer() -> Any:
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
 
 
-def lower(module: torch.nn.Module, example: Sequence[torch.Tensor]) -> bytes:
-    """``module`` captured with ``torch.export`` and lowered to an ExecuTorch program whose
-    supported operators (all of this model's) are delegated to XNNPACK; the ``.pte`` bytes."""
-    require("executorch", MOBILE_EXTRA)
+def _partitioner(quantized: bool) -> Any:
+    """XNNPACK's partitioner; for a quantised graph without its constant-pad rule.
+
+    ExecuTorch 1.4 hands XNNPACK a pad whose input arrives quantised (the dequantise before it
+    is folded into the delegate) while its output stays float, and XNNPACK then refuses the
+    node at load time (``Failed to create StaticConstantPad node ... invalid_parameter``, the
+    program does not load). TinyViT's window attention pads its feature map to a multiple of
+    the window, so MobileSAM's int8 encoder hit it. Left out of the delegate, the pad runs as a
+    float op of ExecuTorch's own kernels between two XNNPACK subgraphs."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    if not quantized:
+        return XnnpackPartitioner()
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
+
+    return XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c is not ConstantPadConfig])
+
+
+def lower(module: torch.nn.Module, example: Sequence[torch.Tensor], quantized: bool = False) -> bytes:
+    """``module`` captured with ``torch.export`` and lowered to an ExecuTorch program whose
+    supported operators are delegated to XNNPACK; the ``.pte`` bytes. ``quantized``: the
+    module went through PT2E (see :func:`_partitioner`)."""
+    require("executorch", MOBILE_EXTRA)
     from executorch.exir import to_edge_transform_and_lower
 
     program = module if isinstance(module, torch.export.ExportedProgram) else capture(module, tuple(example))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        return to_edge_transform_and_lower(program, partitioner=[_partitioner(quantized)]).to_executorch().buffer
 
 
 def program(module: torch.nn.Module, example: Sequence[torch.Tensor], quantize: Optional[str] = None,
@@ -63,7 +82,7 @@ def program(module: torch.nn.Module, example: Sequence[torch.Tensor], quantize: 
             raise ExportError("int8: the calibration set is empty")
         require("executorch", MOBILE_EXTRA)
         q = quantize_pt2e(module, example, _xnnpack_quantizer(), calibration, log)
-        return lower(capture(q, example), example)
+        return lower(capture(q, example), example, quantized=True)
     return lower(module, example)
 
 
