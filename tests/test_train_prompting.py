@@ -76,3 +76,24 @@ def test_losses_values():
     assert focal_loss(torch.zeros((1, 4, 4)), t).item() == pytest.approx(0.5 * (0.25 + 0.75) * 0.25 * 0.693147, abs=1e-5)
     assert mask_ious(good > 0, t).tolist() == [1.0]
     assert mask_ious(torch.zeros((1, 4, 4), dtype=torch.bool), torch.zeros((1, 4, 4))).tolist() == [1.0]
+
+
+def test_prompt_loop_mask_loss_choice():
+    """``mask_loss`` picks the loss the loop trains with: SAM's focal x20 + dice against ground
+    truth by default, BCE x5 + Dice x5 on request (and by default against a teacher)."""
+    from repvit_sam import build_from_config
+    from repvit_sam.train.objectives import MASK_LOSSES, PromptLoop
+
+    from conftest import TINY
+
+    sam = build_from_config(TINY["repvit"])
+    logits = torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(0))
+    target = (torch.rand((3, 8, 8), generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    sam_loss = 20 * focal_loss(logits, target) + dice_loss(logits, target)
+    bce_dice = 5 * bce_loss(logits, target) + 5 * dice_loss(logits, target)
+    assert torch.allclose(PromptLoop(sam).loss_fn(logits, target), sam_loss)
+    assert torch.allclose(PromptLoop(sam, mask_loss="bce-dice").loss_fn(logits, target), bce_dice)
+    assert torch.allclose(PromptLoop(sam, teacher=build_from_config(TINY["repvit"])).loss_fn(logits, target), bce_dice)
+    assert sorted(MASK_LOSSES) == ["bce-dice", "sam"]
+    with pytest.raises(ValueError, match="mask_loss must be one of sam, bce-dice, got 'l2'"):
+        PromptLoop(sam, mask_loss="l2")

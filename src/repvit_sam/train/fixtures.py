@@ -31,7 +31,7 @@ TEACHER, STUDENT = "tiny_vit_b", "tiny_repvit"
 TRAIN_COUNT, VAL_COUNT, SIZE = 400, 50, (256, 256)
 VAL_CLICKS = 4
 
-FINETUNE = ["--trainable", "all", "--steps", "1500", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
+FINETUNE = ["--trainable", "all", "--mask-loss", "bce-dice", "--steps", "3000", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
             "--rounds", "2", "--max-instances", "6", "--val-every", "5000", "--checkpoint-every", "100", "--log-every", "20",
             "--val-clicks", str(VAL_CLICKS), "--seed", "0", "--no-bf16"]
 PHASE1 = ["--recipe", "tiny", "--steps", "500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",

@@ -75,6 +75,12 @@ def distill_mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return 5.0 * bce_loss(logits, target) + 5.0 * dice_loss(logits, target)
 
 
+# ``--mask-loss`` names. From random initialisation SAM's focal term (alpha 0.25: positives
+# weigh a third of negatives) first drives every pixel to background and leaves it only after
+# hundreds of steps; BCE + Dice learns masks from the start (docs/finetune.md has the ablation).
+MASK_LOSSES = {"sam": sam_mask_loss, "bce-dice": distill_mask_loss}
+
+
 class PromptLoop(nn.Module):
     """Prompt-in-the-loop training of a SAM model (see the module doc).
 
@@ -82,13 +88,19 @@ class PromptLoop(nn.Module):
     encoder runs without autograd). ``teacher``: a frozen Sam whose prompt encoder and mask
     decoder turn the batch's teacher embeddings into target masks (distillation), or None (the
     batch's masks are the targets). ``max_instances``: instances drawn per image and micro-batch.
+    ``mask_loss``: a :data:`MASK_LOSSES` name; default ``sam`` against ground truth, ``bce-dice``
+    against a teacher.
     """
 
     find_unused_parameters = True  # unchosen multimask outputs get no gradient in some steps
 
     def __init__(self, sam: nn.Module, rounds: int = 2, box_prob: float = 0.5, max_instances: int = 8,
-                 teacher: Optional[nn.Module] = None) -> None:
+                 teacher: Optional[nn.Module] = None, mask_loss: Optional[str] = None) -> None:
         super().__init__()
+        mask_loss = mask_loss or ("bce-dice" if teacher is not None else "sam")
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
+        self.loss_fn = MASK_LOSSES[mask_loss]
         self.sam = sam
         self.rounds = int(rounds)
         self.box_prob = float(box_prob)
@@ -205,7 +217,7 @@ class PromptLoop(nn.Module):
         mask_input = t_mask_input = None
         total = torch.zeros((), device=dev)
         stats: Stats = {}
-        loss_fn = distill_mask_loss if distill else sam_mask_loss
+        loss_fn = self.loss_fn
         for r in range(self.rounds + 1):
             low, iou_pred = self._decode_mixed(sam, emb, is_box, boxes, first_pts, clicks, mask_input)
             pair_row, pair_tok, slot = first if r == 0 else later
