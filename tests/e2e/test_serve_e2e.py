@@ -203,3 +203,64 @@ def test_page_upload_click_overlay(server, browser, tmp_path, monkeypatch):
     assert errors == []
     assert all(u.startswith(base) for u in requests), "the page must not load anything from elsewhere"
     page.close()
+
+
+# ---------------------------------------------------------------------------- a trained model
+SCENE_SEED, OBJECT = 311, 1  # a synthetic scene (320 x 240) and the object the test clicks
+MIN_IOU = 0.8
+
+
+@pytest.fixture(scope="module")
+def trained_server(trained_student):
+    """The demo serving the trained tiny student (tests/data/trained), masks that mean something."""
+    from repvit_sam.serve.app import create_app
+
+    app = create_app(trained_student, model_name="tiny-repvit-trained")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start within 20 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_trained_model_click_shows_the_objects_mask(trained_server, browser, tmp_path):
+    """Upload a synthetic scene the model never saw, click inside one object (its pixel farthest
+    from the border): the overlay the page draws is that object's mask (IoU >= 0.8 against the
+    scene's exact mask)."""
+    from scipy import ndimage
+
+    from repvit_sam.synthetic import make_scene
+
+    scene = make_scene(np.random.default_rng(SCENE_SEED), 240, 320)
+    gt = scene.masks[OBJECT]
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    y, x = np.unravel_index(int(ndimage.distance_transform_edt(gt).argmax()), gt.shape)
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(trained_server + "/")
+    page.wait_for_selector("body[data-state='idle']")
+    page.set_input_files("#file", str(tmp_path / "scene.png"))
+    page.wait_for_selector("body[data-state='ready']")
+    box = page.locator("#prompts").bounding_box()
+    assert box is not None and round(box["width"]) == 320
+    page.mouse.click(box["x"] + x + 0.5, box["y"] + y + 0.5)
+    page.wait_for_selector("#overlay[data-rendered='2']")
+    page.wait_for_selector("body[data-state='ready']")
+    shown = _overlay_alpha(page) > 0
+    page.screenshot(path=str(tmp_path / "trained-click.png"))
+    print(f"screenshot: {tmp_path / 'trained-click.png'}")
+    iou = float((shown & gt).sum() / (shown | gt).sum())
+    others = [float((shown & m).sum() / max(1, m.sum())) for i, m in enumerate(scene.masks) if i != OBJECT]
+    print(f"click ({x}, {y}) on object {OBJECT} ({int(gt.sum())} px): overlay IoU {iou:.3f}")
+    assert iou >= MIN_IOU, f"the overlay covers the clicked object with IoU {iou:.3f} (< {MIN_IOU})"
+    assert max(others, default=0.0) < 0.5  # and not another object
+    assert errors == []
+    page.close()
