@@ -34,7 +34,7 @@ VAL_CLICKS = 4
 FINETUNE = ["--trainable", "all", "--mask-loss", "bce-dice", "--steps", "3000", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
             "--rounds", "2", "--max-instances", "6", "--val-every", "5000", "--checkpoint-every", "100", "--log-every", "20",
             "--val-clicks", str(VAL_CLICKS), "--seed", "0", "--no-bf16"]
-PHASE1 = ["--recipe", "tiny", "--steps", "500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",
+PHASE1 = ["--recipe", "tiny", "--steps", "1500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",
           "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "25", "--seed", "0", "--no-bf16"]
 PHASE2 = ["--phase", "prompt", "--recipe", "prompt", "--steps", "200", "--batch-size", "8", "--lr", "3e-4", "--val-images", "20",
           "--max-instances", "6", "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "20", "--seed", "0", "--no-bf16"]
