@@ -1,6 +1,6 @@
 """Segment-everything with the trained tiny teacher on held-out synthetic scenes: the share of
 annotated objects found by some generated mask at IoU >= 0.8 (the issue asks for >= 90%; the
-first fixtures' figure is reported when short); at IoU >= 0.5 it finds a good share (an
+fixtures' figure is reported when short); at IoU >= 0.5 it finds a good share (an
 untrained model finds none)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from repvit_sam.inference.masks import rle_to_mask
 from repvit_sam.io import load_image
 
 SCENES = 3
-FOUND_AT_HALF = 0.1  # first fixtures: 3 of 19 objects; an untrained model: none
+FOUND_AT_HALF = 0.3  # these fixtures: 8 of 19 objects (the first ones: 3); an untrained model: none
 
 
 def _best_ious(model, held_out) -> np.ndarray:
@@ -41,4 +41,4 @@ def test_everything_finds_the_objects(trained_teacher, synthetic_held_out):
     print(f"objects found (of {len(best)}): {recall:.2f} at IoU >= 0.8, {recall50:.2f} at IoU >= 0.5")
     assert recall50 >= FOUND_AT_HALF, (recall50, best)  # an untrained model finds none
     if recall < 0.9:
-        pytest.xfail(f"first fixtures: segment-everything finds {recall:.0%} of the objects at IoU >= 0.8 (target 90%), {recall50:.0%} at 0.5")
+        pytest.xfail(f"fixtures: segment-everything finds {recall:.0%} of the objects at IoU >= 0.8 (target 90%), {recall50:.0%} at 0.5")

@@ -1,7 +1,7 @@
 """The committed trained tiny models (tests/data/trained, made by `python -m
 repvit_sam.train.fixtures`) on held-out synthetic images: they learned, the student keeps the
 teacher's quality, and `eval coco-prompt` reproduces the validation's figures. The issue's
-targets that these first fixtures do not reach yet are marked xfail with the figure reached."""
+targets that these fixtures do not reach yet are marked xfail with the figure reached."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_phase_two_does_not_lose_the_students_masks(figures):
     assert s["miou_box"] + s["miou_point"] >= m["miou_box"] + m["miou_point"] - 0.02, figures
 
 
-@pytest.mark.xfail(reason=f"first fixtures: teacher box mIoU {RECORD['models']['teacher.pt']['validation']['miou_box']:.3f} "
+@pytest.mark.xfail(reason=f"CPU-trained fixtures: teacher box mIoU {RECORD['models']['teacher.pt']['validation']['miou_box']:.3f} "
                           f"and 1-point {RECORD['models']['teacher.pt']['validation']['miou_point']:.3f}; targets 0.85 / 0.70")
 def test_issue_targets_teacher(figures):
     t = figures["teacher"]
@@ -68,9 +68,6 @@ def test_issue_targets_teacher(figures):
     assert t[f"miou_point_{CLICKS + 1}_clicks"] > t["miou_point"]  # correction clicks raise the 1-point figure
 
 
-@pytest.mark.xfail(reason="first fixtures: phase 2 raises the student's box mIoU by only "
-                          f"{RECORD['models']['student.pt']['validation']['miou_box'] - RECORD['models']['student_mse.pt']['validation']['miou_box']:.3f}"
-                          " on the 50 held-out images, within the noise of 10")
 def test_issue_target_phase_two_raises_the_box_miou(figures):
     assert figures["student"]["miou_box"] > figures["student_mse"]["miou_box"]
 
