@@ -8,6 +8,7 @@ pytest's tmp_path (the path is printed). Skipped, saying why, when chromium is n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -47,9 +48,15 @@ def server():
     # seed 2: the click below gives a small mask (2.5 % of the image), not an empty or full one
     model = randomize_(build_from_config(TINY["repvit"]), seed=2)
     app = create_app(model, model_name="tiny-repvit")
+    with _serving(app) as base:
+        yield base, app
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """A real uvicorn server for ``app`` in a thread on a free loopback port; yields its base URL."""
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    srv = uvicorn.Server(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -57,9 +64,11 @@ def server():
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("uvicorn did not start within 20 s")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -215,19 +224,8 @@ def trained_server(trained_student):
     """The demo serving the trained tiny student (tests/data/trained), masks that mean something."""
     from repvit_sam.serve.app import create_app
 
-    app = create_app(trained_student, model_name="tiny-repvit-trained")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start within 20 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with _serving(create_app(trained_student, model_name="tiny-repvit-trained")) as base:
+        yield base
 
 
 def test_trained_model_click_shows_the_objects_mask(trained_server, browser, tmp_path):

@@ -115,9 +115,10 @@ def _pad(points: List[np.ndarray], labels: List[np.ndarray]) -> Tuple[torch.Tens
     return torch.as_tensor(coords), torch.as_tensor(labs, dtype=torch.int)
 
 
-def step_loss(model, frames, objects, rng, mask_loss: str = "sam") -> torch.Tensor:
+def step_loss(model, frames, objects, rng, loss_fn=None) -> torch.Tensor:
     """The three passes for every object of the batch (one decoder call per pass); the loss is
-    taken on the low-res logits against each mask's covered fraction of the low-res cells."""
+    taken on the low-res logits against each mask's covered fraction of the low-res cells.
+    ``loss_fn``: a mask loss of ``train.objectives.MASK_LOSSES`` (default SAM's)."""
     from ..inference.transforms import ResizeLongestSide
 
     size = model.image_encoder.img_size
@@ -137,9 +138,8 @@ def step_loss(model, frames, objects, rng, mask_loss: str = "sam") -> torch.Tens
         return model.mask_decoder(image_embeddings=e, image_pe=pe, sparse_prompt_embeddings=sparse,
                                   dense_prompt_embeddings=dense, multimask_output=multimask)
 
-    from ..train.objectives import MASK_LOSSES
-
-    loss_fn = MASK_LOSSES[mask_loss]
+    if loss_fn is None:
+        from ..train.objectives import sam_mask_loss as loss_fn
 
     def loss(low, iou):
         target = gt[:, None].expand_as(low)
@@ -219,10 +219,13 @@ def main(argv: List[str] | None = None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
     sampler = Sampler(rng)
+    from ..train.objectives import MASK_LOSSES
+
+    mask_loss = MASK_LOSSES[args.mask_loss]
     running = None
     for step in range(args.steps):
         frames, items = make_batch(videos, args.batch, sampler, rng)
-        loss = step_loss(model, frames, items, rng, args.mask_loss)
+        loss = step_loss(model, frames, items, rng, mask_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
