@@ -70,7 +70,7 @@ _INFO: Tuple[BackendInfo, ...] = (
     BackendInfo("executorch", "fp32", "cpu", ("executorch",), "ExecuTorch, XNNPACK delegate, fp32 (.pte)"),
     BackendInfo("executorch-int8", "int8", "cpu", ("executorch",), "ExecuTorch, XNNPACK delegate, PT2E static int8"),
     BackendInfo("litert", "fp32", "cpu", ("litert_torch", "ai_edge_litert"), "LiteRT (TFLite), XNNPACK delegate, fp32 (.tflite)"),
-    BackendInfo("litert-int8", "int8", "cpu", ("litert_torch", "ai_edge_litert"), "LiteRT (TFLite), XNNPACK delegate, PT2E static int8"),
+    BackendInfo("litert-int8", "int8", "cpu", ("litert_torch", "ai_edge_litert"), "LiteRT (TFLite), XNNPACK delegate, static int8 by ai-edge-quantizer"),
     BackendInfo("cuda", "fp32", "cuda", (), "CUDA, fp32"),
     BackendInfo("cuda-fp16", "fp16", "cuda", (), "CUDA, fp16 autocast + channels_last"),
     BackendInfo("cuda-bf16", "bf16", "cuda", (), "CUDA, bf16 autocast + channels_last"),

@@ -85,9 +85,37 @@ def _requantize(data: bytes, tmp: Path, configure: Callable[[Any, Any], None], c
     with _quiet():
         q = qz.quantizer.Quantizer(str(src))
         configure(q, (algorithm_manager, qtyping))
-        result = q.calibrate({"serving_default": calibration}, num_threads=1) if calibration else None
+        result = combine_ranges([q.calibrate({"serving_default": [feed]}, num_threads=1) for feed in calibration]) if calibration else None
         q.quantize(result).export_model(str(dst), overwrite=True)
     return dst.read_bytes()
+
+
+def combine_ranges(per_image: Sequence[Dict[str, Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
+    """One calibration result from one per image: each tensor's range is the smallest ``min``
+    and the largest ``max`` any image gave (element-wise, so per-channel ranges stay so).
+
+    ai-edge-quantizer's own ``calibrate`` on a list of images folds each image into a moving
+    average with weight 0.05, so the first image keeps 0.95^(n-1) of the range (46% after 16
+    images) and the ranges depend on the images' order; activations of the other images beyond
+    it are clipped. This matches what the XNNPACK quantizer of the ExecuTorch path observes (all
+    calibration images, in any order). Measured on the trained tiny model (docs/mobile.md): int8
+    mask IoU against fp32 0.897 -> 0.954 with 32 calibration images."""
+    import numpy as np
+
+    if not per_image:
+        return {}
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, first in per_image[0].items():
+        unknown = set(first) - {"min", "max", "num_samples"}
+        if unknown:
+            raise ExportError(f"int8 calibration: unexpected statistics {sorted(unknown)} for tensor {name!r} "
+                              "(this ai-edge-quantizer recipe is not min/max; pin the mobile extra's versions)")
+        stats = [r[name] for r in per_image if name in r]
+        out[name] = {"min": np.minimum.reduce([np.asarray(r["min"]) for r in stats]),
+                     "max": np.maximum.reduce([np.asarray(r["max"]) for r in stats])}
+        if "num_samples" in first:
+            out[name]["num_samples"] = sum(int(r.get("num_samples", 1)) for r in stats)
+    return out
 
 
 def _fp16(data: bytes, tmp: Path) -> bytes:
