@@ -99,6 +99,46 @@ def test_outputs_official_model_logs_and_curve(trained, synth):
         "image_encoder", "mask_decoder"]
 
 
+def test_validation_shares_combine_to_the_whole_set(synth, threads):
+    """Each rank scores images rank, rank + world, ...; the joined shares give exactly the
+    single-process figures, however many ranks there are."""
+    from repvit_sam.train.validate import combine_validation_parts, prompt_validation_part, shard_coco
+
+    coco = _val_set(synth)
+    shares = [shard_coco(coco, r, 3) for r in range(3)]
+    ids = [im["id"] for s in shares for im in s["images"]]
+    assert sorted(ids) == [im["id"] for im in coco["images"]]  # every image once
+    assert sum(len(s["annotations"]) for s in shares) == len(coco["annotations"])
+    assert all(a["image_id"] in {im["id"] for im in s["images"]} for s in shares for a in s["annotations"])
+    model = build_sam(MODEL, checkpoint=TRAINED / "teacher.pt").eval()
+    whole = prompt_validation(model, coco, 1)
+    parts = [prompt_validation_part(model, coco, 1, r, 3) for r in (2, 0, 1)]  # any order of arrival
+    assert combine_validation_parts(parts, 1) == whole
+    with pytest.raises(ValueError, match="rank 3 is not in 0..2"):
+        shard_coco(coco, 3, 3)
+
+
+def test_two_ranks_share_the_validation(synth, tmp_path):
+    """finetune under torchrun with 2 ranks: each rank validates half of the held-out images,
+    and the logged figures equal a single-process validation of the saved model."""
+    import os
+    import subprocess
+    import sys
+
+    ann, images = synth / "train" / "annotations.json", synth / "train" / "images"
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "repvit_sam", "finetune",
+           "--data", ann, "--images", images, "-o", run, "--steps", "2", "--val-data", ann, "--val-images", images,
+           "--val-every", "1000", *[str(a) for a in FROM_TEACHER]]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recorded = json.loads((run / "validation.json").read_text())
+    assert recorded["images_per_rank"] == [6, 6]
+    again = prompt_validation(build_sam(MODEL, checkpoint=run / "model.pt"), _val_set(synth), 2)
+    for k in ("miou_box", "miou_point", "miou_point_3_clicks", "instances"):
+        assert again[k] == pytest.approx(recorded[k], abs=1e-6)
+
+
 def test_killed_run_resumes_exactly(synth, threads, tmp_path):
     run = tmp_path / "run"
     base = ["finetune", "--data", synth / "train" / "annotations.json", "--images", synth / "train" / "images", "-o", run,

@@ -255,7 +255,7 @@ def _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, 
     from ..train.data import PreparedDataset, prepare, read_entries, summarise
     from ..train.finetune import parse_trainable, set_trainable
     from ..train.objectives import PromptLoop, collate_prompt_batch
-    from ..train.validate import coco_records, prompt_validation
+    from ..train.validate import coco_records, sharded_prompt_validation
 
     run_dir: Path = args.output
     if not teacher_ckpt or not Path(teacher_ckpt).exists():
@@ -317,16 +317,12 @@ def _train_prompt(args, recipe, launch, store, cfg, paths, n_val, teacher_ckpt, 
     objective = PromptLoop(student, rounds=opts["rounds"], box_prob=opts["box_prob"], max_instances=opts["max_instances"], teacher=teacher)
     use_bf16 = _bf16(args, launch)
     val_entries = [by_key[k] for k in keys[n_train:] if k in by_key]
-    val_coco = coco_records(val_entries, opts["min_area"]) if launch.is_main and val_entries else None
+    val_coco = coco_records(val_entries, opts["min_area"]) if val_entries else None  # every rank scores a share
     meta = {"student": args.student, "teacher": store.index["teacher"], "teacher_checkpoint": str(teacher_ckpt), "phase": "prompt",
             "options": opts}
     _write_run_json(args, launch, run_dir, store, recipe, plan, use_bf16, len(rows), n_val, {**meta, "train_data": summary})
 
-    def run_validation(step: int) -> Dict[str, Any]:
-        if not val_coco or not val_coco["annotations"]:
-            return {}
-        return prompt_validation(student, val_coco, opts["val_clicks"])
-
+    run_validation = sharded_prompt_validation(student, val_coco, opts["val_clicks"])
     fit(launch=launch, run_dir=run_dir, kind=KIND, objective=objective, model=student,
         dataset=PromptDistillDataset(prepared, store, rows), recipe=recipe, plan=plan, resume=resume, bf16=use_bf16,
         workers=args.workers, collate=collate_prompt_batch, meta=meta, validate=run_validation)

@@ -161,7 +161,7 @@ def _finetune(args: argparse.Namespace, launch) -> int:
     from .objectives import PromptLoop, collate_prompt_batch
     from .state import LAST, TrainingStateError, load_checkpoint
     from .trainer import fit, make_plan
-    from .validate import click_curve_png, coco_records, prompt_validation
+    from .validate import click_curve_png, coco_records, sharded_prompt_validation
 
     run_dir: Path = args.output
     ckpt_path = run_dir / "checkpoints" / LAST
@@ -229,7 +229,7 @@ def _finetune(args: argparse.Namespace, launch) -> int:
     use_bf16 = args.bf16 if args.bf16 is not None else (launch.device.type == "cuda" and torch.cuda.is_bf16_supported())
     plan = make_plan(recipe, launch.world_size, len(keys), args.steps, args.epochs,
                      int(resume["total_steps"]) if resume is not None else 0)
-    val_coco = coco_records(val_entries, opts["min_area"]) if launch.is_main and val_entries else None
+    val_coco = coco_records(val_entries, opts["min_area"]) if val_entries else None  # every rank scores a share
     if launch.is_main:
         write_json_atomic(run_dir / "run.json", {
             "command": "finetune", "model": name, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
@@ -240,13 +240,11 @@ def _finetune(args: argparse.Namespace, launch) -> int:
         })
     last_summary: Dict[str, Any] = {}
 
-    def validate(step: int) -> Dict[str, Any]:
+    def keep(step: int, res: Dict[str, Any]) -> None:
         nonlocal last_summary
-        if not val_coco or not val_coco["annotations"]:
-            return {}
-        res = prompt_validation(sam, val_coco, opts["val_clicks"])
         last_summary = {"step": step, **res}
-        return res
+
+    validate = sharded_prompt_validation(sam, val_coco, opts["val_clicks"], on_result=keep)
 
     dataset = PreparedDataset(prep, keys, sizes, cfg.img_size, cfg.pixel_mean, cfg.pixel_std)
     fit(launch=launch, run_dir=run_dir, kind=KIND, objective=objective, model=sam, dataset=dataset, recipe=recipe, plan=plan,

@@ -28,7 +28,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,16 @@ from .state import CKPT_FORMAT, LAST, TrainingStateError, rng_state, save_checkp
 
 KILL_ENV = "REPVIT_SAM_TRAIN_KILL_AT_STEP"  # fault injection for tests: rank 0 SIGKILLs itself after this step
 GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ShardedValidation:
+    """Validation split across ranks: ``part(step, rank, world_size)`` runs on every rank on its
+    share of the held-out set and returns something picklable; rank 0 gathers every rank's part
+    (in rank order) and ``combine(step, parts)`` makes the logged dict."""
+
+    part: Callable[[int, int, int], Any]
+    combine: Callable[[int, List[Any]], Dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -111,13 +121,15 @@ def fit(
     workers: int = 0,
     collate: Optional[Callable] = None,
     meta: Optional[Dict[str, Any]] = None,
-    validate: Optional[Callable[[int], Dict[str, Any]]] = None,
+    validate: Optional[Union[Callable[[int], Dict[str, Any]], "ShardedValidation"]] = None,
     tb_extra: str = "distill",
 ) -> Dict[str, Any]:
     """Train ``objective`` (whose trainable parameters live in ``model``) for ``plan.total_steps``
-    optimiser steps; checkpoint ``model.state_dict()`` as ``model``. ``validate(step)`` runs on
-    rank 0 (the others wait) every ``recipe.val_every`` steps and at the end; its dict is logged.
-    ``meta`` goes into every checkpoint. Returns the last validation record (rank 0) or {}."""
+    optimiser steps; checkpoint ``model.state_dict()`` as ``model``. Validation runs every
+    ``recipe.val_every`` steps and at the end, and its dict is logged: a plain ``validate(step)``
+    runs on rank 0 while the others wait; a :class:`ShardedValidation` runs its ``part`` on every
+    rank and ``combine`` on rank 0. ``meta`` goes into every checkpoint. Returns the last
+    validation record (rank 0) or {}."""
     ckpt_path = run_dir / "checkpoints" / LAST
     total = plan.total_steps
     ddp_model: nn.Module = objective
@@ -165,14 +177,20 @@ def fit(
 
     def run_validation() -> None:
         nonlocal last_val
-        if launch.is_main and validate is not None:
+        sharded = isinstance(validate, ShardedValidation)
+        res: Dict[str, Any] = {}
+        if validate is not None and (sharded or launch.is_main):
             was = objective.training
             objective.eval()
             try:
-                res = validate(step)
+                if isinstance(validate, ShardedValidation):
+                    parts = gather_objects(validate.part(step, launch.rank, launch.world_size), launch)
+                    res = validate.combine(step, parts) if launch.is_main else {}
+                else:
+                    res = validate(step)
             finally:
                 objective.train(was)
-            if res:
+        if launch.is_main and res:
                 last_val = res
                 metrics.write({"kind": "val", "step": step, **res})
                 shown = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith(("_small", "_medium", "_large"))}

@@ -11,7 +11,7 @@ small < 32², medium 32² to 96², large >= 96² pixels.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -61,9 +61,58 @@ def summarise_records(per_image: List[Dict[str, Any]], clicks: int) -> Dict[str,
     return out
 
 
+def shard_coco(coco: Dict[str, Any], rank: int, world_size: int) -> Dict[str, Any]:
+    """The images ``rank, rank + world_size, ...`` of ``coco`` and their annotations: one rank's
+    share of a validation set (every image in exactly one share)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    images = coco["images"][rank::world_size]
+    ids = {im["id"] for im in images}
+    return {**coco, "images": images, "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
+
+
+def prompt_validation_part(model, coco: Dict[str, Any], clicks: int, rank: int = 0, world_size: int = 1,
+                           show_progress: bool = False) -> List[Dict[str, Any]]:
+    """One rank's per-image records of the coco-prompt protocol on its share of ``coco``; the
+    shares of all ranks, joined by :func:`combine_validation_parts`, give what
+    :func:`prompt_validation` gives on the whole set."""
+    return _prompt_records(model, shard_coco(coco, rank, world_size), clicks, show_progress)
+
+
+def combine_validation_parts(parts: Sequence[List[Dict[str, Any]]], clicks: int) -> Dict[str, Any]:
+    """The summary of every rank's :func:`prompt_validation_part`, in image order (so the
+    figures do not depend on how many ranks computed them)."""
+    per_image = sorted((r for part in parts for r in part), key=lambda r: r["image_id"])
+    return summarise_records(per_image, clicks)
+
+
+def sharded_prompt_validation(model, coco: Optional[Dict[str, Any]], clicks: int,
+                              on_result: Optional[Callable[[int, Dict[str, Any]], None]] = None) -> Optional[Any]:
+    """The coco-prompt validation of ``model`` on ``coco`` as a trainer
+    :class:`~.trainer.ShardedValidation`: each rank scores its share of the images and rank 0
+    summarises them all (``on_result(step, summary)`` there). None without held-out instances."""
+    from .trainer import ShardedValidation
+
+    if not coco or not coco["annotations"]:
+        return None
+
+    def combine(step: int, parts: List[Any]) -> Dict[str, Any]:
+        res = {**combine_validation_parts(parts, clicks), "images_per_rank": [len(p) for p in parts]}
+        if on_result is not None:
+            on_result(step, res)
+        return res
+
+    return ShardedValidation(part=lambda _step, rank, world: prompt_validation_part(model, coco, clicks, rank, world),
+                             combine=combine)
+
+
 def prompt_validation(model, coco: Dict[str, Any], clicks: int, show_progress: bool = False) -> Dict[str, Any]:
     """Run the coco-prompt protocol with ``model`` (eval mode) on ``coco`` (see
     :func:`coco_records`) and summarise it."""
+    return summarise_records(_prompt_records(model, coco, clicks, show_progress), clicks)
+
+
+def _prompt_records(model, coco: Dict[str, Any], clicks: int, show_progress: bool) -> List[Dict[str, Any]]:
     import torch
 
     from ..evaluation.datasets import CocoDataset, CocoImage
@@ -78,7 +127,7 @@ def prompt_validation(model, coco: Dict[str, Any], clicks: int, show_progress: b
     with torch.no_grad():
         result = coco_prompt.run(SamPredictor(model, fast_decoder=False), dataset, ("box", "point"), "single", "best-score", clicks,
                                  show_progress=show_progress)
-    return summarise_records(result.per_image, clicks)
+    return result.per_image
 
 
 def click_curve_png(summary: Dict[str, Any], clicks: int, path: Path, title: str = "") -> None:
