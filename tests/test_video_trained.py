@@ -1,4 +1,6 @@
-"""Shown to work: tracking synthetic videos with a trained tiny model (tests/data/video_tracker).
+"""Shown to work: tracking synthetic videos with the trained tiny model of the training issue
+(tests/data/trained/student.pt: tiny_repvit distilled from the trained teacher, never trained on
+video frames).
 
 Synthetic sequences (repvit_sam.synthetic.make_video, 320x240, exact masks) tracked from their
 first-frame masks and scored with the DAVIS metrics: point tracking reaches J&F >= 0.8; an
@@ -7,34 +9,24 @@ object hidden behind another and an object that leaves the frame are picked up a
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-import torch
 
 from repvit_sam.evaluation.video_metrics import davis_summary, score_sequence
 from repvit_sam.synthetic import make_video, scene_rng
 from repvit_sam.video import Prompts, VideoOptions, VideoPredictor
 
-SEEDS = range(6)  # held-out sequences: seed 77 of the synthetic world, items 0..5
+SEEDS = range(12)  # held-out sequences: seed 77 of the synthetic world, items 0..11
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tracker_model():
-    """The stop-gap tiny tracker of tests/data/video_tracker (python -m repvit_sam.video.fixture):
-    tiny_repvit trained on synthetic video frames (seed 1000; the sequences here are other seeds)."""
-    import json
-    from pathlib import Path
-
-    from repvit_sam import build_sam
-
-    root = Path(__file__).parent / "data" / "video_tracker"
-    record = json.loads((root / "model.json").read_text())
-    return build_sam(record["variant"], checkpoint=root / record["file"]).eval()
+def tracker_model(trained_student):
+    """The training issue's trained tiny student (tests/data/trained; images of seed 0, so every
+    video here is unseen)."""
+    return trained_student
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +49,27 @@ def jf(model, videos, options):
     return davis_summary(objects)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="stop-gap tracker: point tracking J&F 0.756 on these synthetic videos (2026-11-30), target 0.8; "
-                          "issue 15 stays open until a better trained model reaches it", strict=False)
-def test_point_tracking_reaches_jf_08(tracker_model, videos):
-    s = jf(tracker_model, videos, VideoOptions(strategy="points"))
-    assert s["J&F-Mean"] >= 0.8, s
+@pytest.fixture(scope="module")
+def point_scores(tracker_model, videos):
+    return jf(tracker_model, videos, VideoOptions(strategy="points"))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="stop-gap tracker: mask propagation J&F 0.558 here (2026-11-30), below this test's 0.6 floor", strict=False)
+def test_point_tracking_follows_the_objects(point_scores):
+    """A floor that holds today: most objects are followed most of the time (losing every object
+    after frame 0 scores about 0.1 here)."""
+    assert point_scores["J&F-Mean"] >= 0.55, point_scores
+    assert point_scores["J-Recall"] >= 0.5, point_scores
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="the trained tiny student: point tracking J&F 0.629 on these 12 synthetic videos (2026-11-30), "
+                          "target 0.8; issue 15 stays open until a better trained model reaches it", strict=False)
+def test_point_tracking_reaches_jf_08(point_scores):
+    assert point_scores["J&F-Mean"] >= 0.8, point_scores
+
+
+@pytest.mark.slow
 def test_mask_propagation_scores(tracker_model, videos):
     s = jf(tracker_model, videos, VideoOptions(strategy="mask"))
     assert s["J&F-Mean"] >= 0.6, s
@@ -120,8 +123,6 @@ def test_occlusion_case_is_an_occlusion():
 OCCLUSION_SEED = 90  # object 2 is 4 % visible at frame 11, then > 90 % visible on 11 later frames
 
 
-@pytest.mark.xfail(reason="stop-gap tracker: it loses the object (seed 90, object 2) at frame 6, before the occlusion, "
-                          "and re-detection does not find it again: J 0.0 on the frames after it (2026-11-30)", strict=False)
 def test_keeps_object_through_occlusion(tracker_model):
     v, k, t_occ, frac = occlusion_case(OCCLUSION_SEED)
     pred = track(tracker_model, v, VideoOptions(strategy="points", refine_iters=2))
