@@ -121,7 +121,7 @@ def fit(
     workers: int = 0,
     collate: Optional[Callable] = None,
     meta: Optional[Dict[str, Any]] = None,
-    validate: Optional[Union[Callable[[int], Dict[str, Any]], "ShardedValidation"]] = None,
+    validate: Optional[Union[Callable[[int], Dict[str, Any]], ShardedValidation]] = None,
     tb_extra: str = "distill",
 ) -> Dict[str, Any]:
     """Train ``objective`` (whose trainable parameters live in ``model``) for ``plan.total_steps``
@@ -177,24 +177,24 @@ def fit(
 
     def run_validation() -> None:
         nonlocal last_val
-        sharded = isinstance(validate, ShardedValidation)
+        sharded = validate if isinstance(validate, ShardedValidation) else None
         res: Dict[str, Any] = {}
-        if validate is not None and (sharded or launch.is_main):
+        if validate is not None and (sharded is not None or launch.is_main):
             was = objective.training
             objective.eval()
             try:
-                if isinstance(validate, ShardedValidation):
-                    parts = gather_objects(validate.part(step, launch.rank, launch.world_size), launch)
-                    res = validate.combine(step, parts) if launch.is_main else {}
+                if sharded is not None:
+                    parts = gather_objects(sharded.part(step, launch.rank, launch.world_size), launch)
+                    res = sharded.combine(step, parts) if launch.is_main else {}
                 else:
                     res = validate(step)
             finally:
                 objective.train(was)
         if launch.is_main and res:
-                last_val = res
-                metrics.write({"kind": "val", "step": step, **res})
-                shown = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith(("_small", "_medium", "_large"))}
-                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+            last_val = res
+            metrics.write({"kind": "val", "step": step, **res})
+            shown = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not k.endswith(("_small", "_medium", "_large"))}
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         barrier(launch)
 
     kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
