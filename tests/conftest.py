@@ -99,6 +99,33 @@ def trained_student():
     return trained_model("student.pt")
 
 
+class PreparedEncoder(nn.Module):
+    """A prepared backend (``backends.prepare_encoder``) as the image encoder of a Sam."""
+
+    def __init__(self, encode, img_size: int) -> None:
+        super().__init__()
+        self.encode, self.img_size = encode, img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)
+
+
+def int8_calibrated_on_scenes(model, backend: str, cache_dir):
+    """``model`` with its encoder on the int8 ``backend``, calibrated as a user calibrates on their
+    own images: ``CALIBRATION_DEFAULT`` synthetic scenes (seeds 200, 201, ...; no test scores them)."""
+    import numpy as np
+
+    from repvit_sam.backends import prepare_encoder
+    from repvit_sam.export.mobile import CALIBRATION_DEFAULT, calibration_inputs
+    from repvit_sam.modeling.sam import Sam
+    from repvit_sam.synthetic import make_scene
+
+    scenes = [make_scene(np.random.default_rng(200 + i), 256, 256).image for i in range(CALIBRATION_DEFAULT)]
+    calib = [c[0] for c in calibration_inputs(model, scenes, preprocess=False)]
+    encode = prepare_encoder(model.image_encoder, backend, cache_dir=cache_dir, calibration=calib)
+    return Sam(PreparedEncoder(encode, model.image_encoder.img_size), model.prompt_encoder, model.mask_decoder).eval()
+
+
 def held_out_synthetic(out, count: int = 20):
     """Write the first ``count`` images of the fixtures' held-out synthetic set (seed 1, 256x256,
     never trained on) into ``out``: ``annotations.json`` (COCO, RLE), ``images/``, ``sa1b/``.

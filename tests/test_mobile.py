@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, randomize_, run_cli
+from conftest import TINY, int8_calibrated_on_scenes, randomize_, run_cli
 from repvit_sam import SamPredictor, build_from_config
 from repvit_sam.backends import available_backends, prepare_encoder
 from repvit_sam.export.manifest import EMPTY_LABEL, MOBILE_DECODER_INPUTS, MobileModelError, pad_prompt
@@ -331,36 +331,19 @@ def _scene_clicks(count: int = 4):
     return scenes
 
 
-class _Encoder(torch.nn.Module):
-    """A prepared backend as the image encoder of a Sam (composition by injection)."""
-
-    def __init__(self, encode, img_size: int) -> None:
-        super().__init__()
-        self.encode, self.img_size = encode, img_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(x)
-
-
 @pytest.mark.parametrize("backend", ["executorch-int8", "litert-int8"])
 def test_int8_keeps_masks(request, backend, tmp_path):
     """int8 encoder + fp32 decoder against the fp32 model, on the trained tiny model and 8
     synthetic scenes (42 clicks), calibrated on 32 other scenes of the same kind (the user's own
     images, as many as ``export --calibration`` takes by default): mean mask IoU >= 0.95. A
     runtime that cannot reach it is reported by name with its figure (xfail), as bench reports it."""
-    from repvit_sam.export.mobile import CALIBRATION_DEFAULT, calibration_inputs
-    from repvit_sam.modeling.sam import Sam
-    from repvit_sam.synthetic import make_scene
+    from repvit_sam.export.mobile import CALIBRATION_DEFAULT
 
     assert CALIBRATION_DEFAULT == 32
     if available_backends()[backend] is not None:
         pytest.skip(available_backends()[backend])
     model = _trained_student(request)
-    calib_images = [make_scene(np.random.default_rng(200 + i), 256, 256).image for i in range(CALIBRATION_DEFAULT)]
-    calib = [c[0] for c in calibration_inputs(model, calib_images, preprocess=False)]
-    encode = prepare_encoder(model.image_encoder, backend, cache_dir=tmp_path, calibration=calib)
-    int8_model = Sam(_Encoder(encode, model.image_encoder.img_size), model.prompt_encoder, model.mask_decoder).eval()
-    fp32, int8 = SamPredictor(model), SamPredictor(int8_model)
+    fp32, int8 = SamPredictor(model), SamPredictor(int8_calibrated_on_scenes(model, backend, tmp_path))
     ious = []
     for image, clicks in _scene_clicks(8):
         fp32.set_image(image)

@@ -13,6 +13,8 @@ from repvit_sam.backends import available_backends
 from repvit_sam.evaluation.datasets import ann_to_mask
 from repvit_sam.io import load_image
 
+from conftest import int8_calibrated_on_scenes
+
 AVAILABLE = available_backends()
 IMAGES = 5
 
@@ -42,15 +44,10 @@ def reference(trained_student, synthetic_held_out):
 
 
 def _agreement(model, backend, cases, ref_masks, tmp_path):
-    p = SamPredictor(model, backend=backend)
     if backend == "int8":  # calibrated on scenes like the ones it segments, as a user would
-        from repvit_sam.backends import prepare_encoder
-        from repvit_sam.export.mobile import CALIBRATION_DEFAULT, calibration_inputs
-        from repvit_sam.synthetic import make_scene
-
-        scenes = [make_scene(np.random.default_rng(200 + i), 256, 256).image for i in range(CALIBRATION_DEFAULT)]
-        calib = [c[0] for c in calibration_inputs(model, scenes, preprocess=False)]
-        p._encode = prepare_encoder(model.image_encoder, backend, cache_dir=tmp_path, calibration=calib)
+        p = SamPredictor(int8_calibrated_on_scenes(model, backend, tmp_path))
+    else:
+        p = SamPredictor(model, backend=backend)
     ious = []
     for (image, boxes, _), ref in zip(cases, ref_masks):
         p.set_image(image)

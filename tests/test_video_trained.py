@@ -23,13 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tracker_model(trained_student):
-    """The training issue's trained tiny student (tests/data/trained; images of seed 0, so every
-    video here is unseen)."""
-    return trained_student
-
-
-@pytest.fixture(scope="module")
 def videos():
     return [make_video(scene_rng(77, i, "video"), 240, 320, num_frames=24, reenter=(i % 2 == 0)) for i in SEEDS]
 
@@ -50,8 +43,8 @@ def jf(model, videos, options):
 
 
 @pytest.fixture(scope="module")
-def point_scores(tracker_model, videos):
-    return jf(tracker_model, videos, VideoOptions(strategy="points"))
+def point_scores(trained_student, videos):
+    return jf(trained_student, videos, VideoOptions(strategy="points"))
 
 
 @pytest.mark.slow
@@ -70,8 +63,8 @@ def test_point_tracking_reaches_jf_08(point_scores):
 
 
 @pytest.mark.slow
-def test_mask_propagation_scores(tracker_model, videos):
-    s = jf(tracker_model, videos, VideoOptions(strategy="mask"))
+def test_mask_propagation_scores(trained_student, videos):
+    s = jf(trained_student, videos, VideoOptions(strategy="mask"))
     assert s["J&F-Mean"] >= 0.6, s
 
 
@@ -84,9 +77,9 @@ def per_frame_j(pred, gt, k):
     return np.array(out)
 
 
-def test_leave_and_reenter(tracker_model):
+def test_leave_and_reenter(trained_student):
     v = make_video(scene_rng(78, 0, "video"), 240, 320, num_frames=32, num_objects=2, reenter=True)
-    pred = track(tracker_model, v, VideoOptions(strategy="points", refine_iters=2))
+    pred = track(trained_student, v, VideoOptions(strategy="points", refine_iters=2))
     present = (v.id_maps == 1).reshape(len(v.frames), -1).any(1)
     gone = np.flatnonzero(~present)
     back = np.flatnonzero(present & (np.arange(len(present)) > gone.max()))
@@ -123,9 +116,9 @@ def test_occlusion_case_is_an_occlusion():
 OCCLUSION_SEED = 90  # object 2 is 4 % visible at frame 11, then > 90 % visible on 11 later frames
 
 
-def test_keeps_object_through_occlusion(tracker_model):
+def test_keeps_object_through_occlusion(trained_student):
     v, k, t_occ, frac = occlusion_case(OCCLUSION_SEED)
-    pred = track(tracker_model, v, VideoOptions(strategy="points", refine_iters=2))
+    pred = track(trained_student, v, VideoOptions(strategy="points", refine_iters=2))
     j = per_frame_j(pred, v.id_maps, k)
     after = np.arange(len(v.frames)) > t_occ
     assert j[after & (frac[:, k - 1] > 0.9)].mean() >= 0.6

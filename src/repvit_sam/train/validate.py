@@ -11,11 +11,14 @@ small < 32², medium 32² to 96², large >= 96² pixels.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .data import ImageEntry, decode_entry
+
+if TYPE_CHECKING:
+    from .trainer import ShardedValidation
 
 AREA_RANGES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, float("inf"))}
 
@@ -87,11 +90,11 @@ def combine_validation_parts(parts: Sequence[List[Dict[str, Any]]], clicks: int)
 
 
 def sharded_prompt_validation(model, coco: Optional[Dict[str, Any]], clicks: int,
-                              on_result: Optional[Callable[[int, Dict[str, Any]], None]] = None) -> Optional[Any]:
+                              on_result: Optional[Callable[[int, Dict[str, Any]], None]] = None) -> Optional[ShardedValidation]:
     """The coco-prompt validation of ``model`` on ``coco`` as a trainer
     :class:`~.trainer.ShardedValidation`: each rank scores its share of the images and rank 0
     summarises them all (``on_result(step, summary)`` there). None without held-out instances."""
-    from .trainer import ShardedValidation
+    from .trainer import ShardedValidation  # at call time: the trainer imports torch
 
     if not coco or not coco["annotations"]:
         return None
