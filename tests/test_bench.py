@@ -170,6 +170,7 @@ def test_cli_bench_writes_json_and_prints_the_table(tmp_path, monkeypatch, capsy
         (["--size", "100"], "--size must be a multiple of 16"),
         (["--runs", "0"], "expected a whole number >= 1"),
         (["--task", "all"], "invalid choice: 'all'"),
+        (["--calibration", "/nonexistent/photos"], "bench --calibration: calibration folder not found: /nonexistent/photos"),
     ],
 )
 def test_cli_bench_bad_arguments(argv, message, capsys, monkeypatch):
@@ -223,3 +224,50 @@ def test_matmul_peak_is_the_better_of_start_and_end():
     machine = {"matmul_gflops": {"fp32": 100.0, "bf16": None, "int8": 50.0}}
     measure.update_peaks(machine, {"matmul_gflops": {"fp32": 90.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}})
     assert machine == {"matmul_gflops": {"fp32": 100.0, "bf16": 300.0, "int8": 70.0}, "cuda_matmul_gflops": {"fp16": 1e5}}
+
+
+def test_calibration_folder_reaches_the_int8_backends_only(tmp_path, monkeypatch, capsys):
+    """``bench --calibration DIR``: every int8 backend is prepared on DIR's images, as the
+    predictor would prepare them (resized, normalised, padded); fp32 backends get none; the
+    report and its table say where the int8 ranges came from."""
+    from PIL import Image
+
+    from repvit_sam.export.mobile import calibration_inputs
+
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), rng.integers(0, 256, (200, 100, 3), dtype=np.uint8)]
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    seen = {}
+    real = backends.prepare_encoder
+
+    def spy(encoder, backend, **kw):
+        seen[backend] = kw.get("calibration")
+        return real(encoder, "fused")  # the calibration is what is checked, not NNCF
+
+    monkeypatch.setattr(backends, "prepare_encoder", spy)
+    model = randomize_(build_from_config(TINY["repvit"]))
+    monkeypatch.setattr(bench, "_build_model", lambda name, size, pretrained: model)
+    code = cli.main(["bench", "--models", "repvit", "--backends", "fused", "int8", "--runs", "1", "--warmup", "0", "--size", "256",
+                     "--decoder-batches", "1", "--calibration", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    assert seen["fused"] is None and len(seen["int8"]) == 2
+    want = [c[0] for c in calibration_inputs(model, photos, preprocess=False)]
+    for got, ref in zip(seen["int8"], want):
+        assert got.shape == (1, 3, 256, 256) and torch.equal(got, ref)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["int8_calibration"] == f"2 image(s) from {tmp_path}"
+    assert f"int8 calibrated on 2 image(s) from {tmp_path}" in capsys.readouterr().out
+
+
+def test_predictor_passes_backend_options_to_the_backend(monkeypatch):
+    from repvit_sam import SamPredictor
+
+    seen = {}
+    monkeypatch.setattr(backends, "prepare_encoder", lambda enc, backend, **kw: seen.update(backend=backend, **kw) or enc)
+    model = randomize_(build_from_config(TINY["repvit"]))
+    SamPredictor(model, backend="int8", backend_options={"calibration": ["x"], "threads": 1})
+    assert seen == {"backend": "int8", "calibration": ["x"], "threads": 1}
+    with pytest.raises(ValueError, match="backend_options need a backend"):
+        SamPredictor(model, backend_options={"threads": 1})

@@ -35,15 +35,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .measure import compare, count_gflop, machine_info, matmul_peaks, peak_memory, timed, update_peaks
 from .utils import one_line
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
+Calibration = Tuple[List["np.ndarray"], str]  # RGB uint8 images and where they came from (--calibration)
 TASKS = ("encoder", "decoder", "everything", "video", "mobile")
 DEFAULT_MODELS = ("repvit", "vit_t")
 RESULT_KEYS = ("model", "backend", "median_ms", "min_ms", "max_ms", "peak_mb", "gflop", "peak_fraction", "cosine", "rel_err")
@@ -82,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch sizes for images/s on CUDA backends (default 1 16)")
     p.add_argument("--pretrained", action="store_true", help="official weights (cached, or downloaded) instead of random ones")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results here (atomically)")
+    p.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="the int8 backends (int8, executorch-int8, litert-int8) calibrate on up to 32 images from DIR, as "
+                        "`export --calibration` does (default: each backend's own set: sample photos or synthetic noise)")
     from .bench_everything import MODES, FILTERS
 
     e = p.add_argument_group("--task everything (segment everything: reference vs fast paths, first model of --models)")
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         backends = [b for b, reason in available_backends().items() if reason is None]
 
     tasks = set(args.task)
+    calibration = _calibration_images(args.calibration)
     report: Optional[Dict[str, Any]] = None
     if tasks & {"encoder", "decoder"}:
         models = {name: _build_model(name, args.size, args.pretrained) for name in args.models}
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             decoder_batches=args.decoder_batches if "decoder" in tasks else [],
             gpu_batches=args.gpu_batches,
+            calibration=calibration,
         )
         print(markdown(report))
         if args.json:
@@ -168,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
         models = {name: _build_model(name, args.size, args.pretrained) for name in args.models}
         rows = bench_mobile.bench_mobile(models, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                                         encoder_rows=report["results"] if report else ())
+                                         encoder_rows=report["results"] if report else (), calibration=calibration)
         print("\n" + bench_mobile.markdown(rows))
         if args.json:
             from .utils import write_json_atomic
@@ -197,8 +204,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
+def _calibration_images(folder: Optional[Path]) -> Optional[Calibration]:
+    """``--calibration DIR``: (its first images as RGB uint8, a description), or None; a missing or
+    empty folder is a usage error."""
+    if folder is None:
+        return None
+    from .cli import UsageError
+    from .export.mobile import CALIBRATION_DEFAULT, ExportError, folder_images
+
+    try:
+        images = folder_images(folder, CALIBRATION_DEFAULT)
+    except ExportError as e:
+        raise UsageError(f"bench --calibration: {e}") from None
+    return images, f"{len(images)} image(s) from {folder}"
+
+
+def calibration_for(model: "nn.Module", calibration: Optional[Calibration]) -> Optional[List["torch.Tensor"]]:
+    """The encoder inputs (1, 3, S, S) of ``calibration``'s images for ``model``, prepared as the
+    predictor prepares an image; None (each backend's default set) without images."""
+    if calibration is None:
+        return None
+    from .export.mobile import calibration_inputs
+
+    return [c[0] for c in calibration_inputs(model, calibration[0], preprocess=False)]
+
+
 def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.Tensor", ref: Optional["torch.Tensor"],
-                 gflop: float, runs: int, warmup: int, threads: int) -> Dict[str, Any]:
+                 gflop: float, runs: int, warmup: int, threads: int,
+                 calibration: Optional[List["torch.Tensor"]] = None) -> Dict[str, Any]:
     import torch
 
     from .backends import INFO, prepare_encoder, unavailable_reason
@@ -216,7 +249,8 @@ def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     try:
         t0 = time.perf_counter()
-        fn = prepare_encoder(encoder, backend, threads=threads)
+        options: Dict[str, Any] = {"calibration": calibration} if calibration is not None and info.precision == "int8" else {}
+        fn = prepare_encoder(encoder, backend, threads=threads, **options)
         row["prepare_s"] = time.perf_counter() - t0
         with peak_memory("cuda" if cuda else "cpu") as mem:
             timing = timed(lambda: fn(xin), runs, warmup, sync)
@@ -312,13 +346,15 @@ def benchmark(
     gpu_batches: Sequence[int] = (1, 16),
     matmul_n: int = 2048,
     progress: bool = True,
+    calibration: Optional[Calibration] = None,
 ) -> Dict[str, Any]:
     """Measure ``models`` (name -> Sam model, its encoder's input side ``size``) on ``backends``.
 
     Returns ``{"machine", "settings", "results", "decoder", "gpu"}``: one result row per model and
     backend (eager first, the reference; a backend that is unavailable or fails gets a row whose
     ``note`` says why and whose numbers are None), one decoder row per model and batch, and images/s
-    rows for CUDA backends at ``gpu_batches``. No backends -> no encoder rows.
+    rows for CUDA backends at ``gpu_batches``. No backends -> no encoder rows. ``calibration``:
+    (RGB uint8 images, a description) on which the int8 backends calibrate (default: their own).
     """
     import torch
     from tqdm import tqdm
@@ -350,7 +386,8 @@ def benchmark(
             encoder = model.image_encoder.eval()
             if model_name not in gflop:
                 gflop[model_name] = count_gflop(encoder, (1, 3, size, size))
-            row = _encoder_row(model_name, what, encoder, x, ref.get(model_name), gflop[model_name], runs, warmup, threads)
+            calib = calibration_for(model, calibration) if INFO[what].precision == "int8" else None
+            row = _encoder_row(model_name, what, encoder, x, ref.get(model_name), gflop[model_name], runs, warmup, threads, calib)
             out = row.pop("out")
             if what == "eager" and out is not None:
                 ref[model_name] = out
@@ -369,7 +406,8 @@ def benchmark(
     finally:
         torch.set_num_threads(old_threads)
     settings = {"size": size, "batch": 1, "runs": runs, "warmup": warmup, "decoder_batches": list(decoder_batches),
-                "gpu_batches": list(gpu_batches) if gpu else []}
+                "gpu_batches": list(gpu_batches) if gpu else [],
+                "int8_calibration": calibration[1] if calibration is not None else "each backend's default set"}
     return {"machine": machine, "settings": settings, "results": results, "decoder": decoder, "gpu": gpu}
 
 
@@ -389,7 +427,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     if report["results"]:
         lines += [
             "",
-            f"Image encoder, {s['size']}x{s['size']}, batch 1, median of {s['runs']} runs after {s['warmup']} warm-up:",
+            f"Image encoder, {s['size']}x{s['size']}, batch 1, median of {s['runs']} runs after {s['warmup']} warm-up"
+            + (f"; int8 calibrated on {s['int8_calibration']}" if any(r["precision"] == "int8" for r in report["results"])
+               and s.get("int8_calibration") else "") + ":",
             "",
             "| model | backend | median ms | min ms | max ms | x eager | prepare s | peak MB | GFLOP | GFLOP/s | % of peak | cosine | rel. error | note |",
             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",

@@ -10,7 +10,8 @@ For each model and runtime, fp32 and int8:
 * ``decoder_ms``: one click (a point and SAM's padding point) through the decoder file on a
   stored embedding, median of ``--runs`` calls: the per-click cost in an app (fp32 decoder);
 * int8 rows: ``cosine`` of the embedding and ``mask_iou`` (mean over a 4 x 4 grid of clicks on
-  scikit-image's coffee photo, best-of-3 masks compared) against the same runtime's fp32.
+  scikit-image's coffee photo, best-of-3 masks compared) against the same runtime's fp32; the int8
+  files calibrate on `--calibration DIR` (up to 32 images) or on the bundled sample photos.
 
 ``checks`` compares with the issue's targets: fp32 encoder within 1.3x of the fastest fp32
 backend in the same run, int8 <= 0.6x its own fp32, decoder <= 15 ms per click, int8 mask IoU
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 RUNTIMES = {"executorch": ("executorch", "executorch-int8"), "litert": ("litert", "litert-int8")}
 TARGETS = {"fp32_vs_fastest": 1.3, "int8_vs_fp32": 0.6, "decoder_ms": 15.0, "int8_mask_iou": 0.95}
@@ -136,16 +137,18 @@ def _decoder_ms(model: Any, runtime: str, folder: Path, runs: int, warmup: int) 
 
 
 # ---------------------------------------------------------------------------- int8 fidelity
-def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str) -> Dict[str, float]:
+def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str, calibration: Optional[List[Any]] = None) -> Dict[str, float]:
     """Embedding cosine and mean mask IoU (4 x 4 grid of clicks on the coffee photo, the best
-    of the 3 candidates by predicted IoU) of ``int8_backend`` against ``fp32_backend``."""
+    of the 3 candidates by predicted IoU) of ``int8_backend`` (calibrated on ``calibration``, or
+    on its default set) against ``fp32_backend``."""
     import numpy as np
 
     from .export.mobile import sample_photos
     from .inference.predictor import SamPredictor
 
     image = sample_photos()[1]  # coffee
-    a, b = SamPredictor(model, backend=fp32_backend), SamPredictor(model, backend=int8_backend)
+    options = {"calibration": calibration} if calibration is not None else None
+    a, b = SamPredictor(model, backend=fp32_backend), SamPredictor(model, backend=int8_backend, backend_options=options)
     a.set_image(image)
     b.set_image(image)
     ea, eb = a.get_image_embedding().double().flatten(), b.get_image_embedding().double().flatten()
@@ -165,14 +168,17 @@ def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str) -> Dict[str
 
 # ---------------------------------------------------------------------------- the task
 def bench_mobile(models: Mapping[str, Any], *, runs: int = 5, warmup: int = 1, threads: Optional[int] = None,
-                 encoder_rows: Sequence[Mapping[str, Any]] = (), progress: bool = True) -> List[Dict[str, Any]]:
+                 encoder_rows: Sequence[Mapping[str, Any]] = (), progress: bool = True,
+                 calibration: Optional[Tuple[List[Any], str]] = None) -> List[Dict[str, Any]]:
     """One row per model, runtime and precision (see the module docstring); a runtime that is
-    not installed or fails gets a row whose ``note`` says why."""
+    not installed or fails gets a row whose ``note`` says why. ``calibration``: (RGB uint8
+    images, a description) for the int8 files (default: the bundled sample photos)."""
     import tempfile
 
     from tqdm import tqdm
 
     from .backends import available_backends, prepare_encoder
+    from .bench import calibration_for
 
     available = available_backends()
     rows: List[Dict[str, Any]] = []
@@ -197,13 +203,17 @@ def bench_mobile(models: Mapping[str, Any], *, runs: int = 5, warmup: int = 1, t
                 base["note"] = f"decoder failed: {_one_line(e)}"
             for precision, backend in (("fp32", fp32_backend), ("int8", int8_backend)):
                 row = dict(base, precision=precision, decoder_ms=decoder_ms)
+                calib = calibration_for(model, calibration) if precision == "int8" else None
+                if precision == "int8":
+                    row["calibration"] = calibration[1] if calibration is not None else "the bundled sample photos"
                 try:
-                    enc = prepare_encoder(model.image_encoder, backend, threads=threads)
+                    options = {"calibration": calib} if calib is not None else {}
+                    enc = prepare_encoder(model.image_encoder, backend, threads=threads, **options)
                     path = enc.paths[(size, size)]
                     row["file_mb"] = path.stat().st_size / 2**20
                     row.update(measure_memory(runtime, path))
                     if precision == "int8":
-                        row.update(_int8_fidelity(model, fp32_backend, int8_backend))
+                        row.update(_int8_fidelity(model, fp32_backend, int8_backend, calib))
                 except Exception as e:  # noqa: BLE001
                     row["note"] = (row["note"] + "; " if row["note"] else "") + f"failed: {_one_line(e)}"
                 rows.append(row)
@@ -247,7 +257,8 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
     lines = [
         "On-device runtimes (XNNPACK): encoder file, peak memory of a process that loads and runs it (weights + arena), "
-        "decoder per click (fp32), int8 against fp32:",
+        "decoder per click (fp32), int8 against fp32"
+        + next((f" (int8 calibrated on {r['calibration']})" for r in rows if r.get("calibration")), "") + ":",
         "",
         "| model | runtime | precision | encoder ms | file MB | memory MB | decoder ms/click | cosine vs fp32 | mask IoU vs fp32 | checks | note |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|---|---|",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,9 +50,12 @@ class SamPredictor:
     are validated with errors that name the problem; ``from_pretrained`` builds a ready model.
     """
 
-    def __init__(self, sam_model: Sam, backend: Optional[str] = None, fast_decoder: bool = True) -> None:
+    def __init__(self, sam_model: Sam, backend: Optional[str] = None, fast_decoder: bool = True,
+                 backend_options: Optional[Dict[str, Any]] = None) -> None:
         """``backend``: how the image encoder runs (see :mod:`repvit_sam.backends`, e.g.
         ``"fused-cl"`` or ``"bf16"``); ``None`` calls ``sam_model.image_encoder`` as it is.
+        ``backend_options``: keyword arguments for ``backends.prepare_encoder`` (``threads``,
+        ``cache_dir``, ``calibration`` for the int8 backends, ...).
         ``fast_decoder``: decode with :class:`FastDecoder` (the same function rearranged, about
         2x faster per prompt; results equal up to float rounding, ~1e-6 relative); ``False``
         calls ``sam_model.mask_decoder`` itself."""
@@ -62,11 +65,13 @@ class SamPredictor:
         self._fast_cache: List[Tuple[torch.Tensor, FastDecoder]] = []
         self._fast_lock = threading.Lock()
         if backend is None:
+            if backend_options:
+                raise ValueError("backend_options need a backend: pass backend='int8', 'executorch-int8', ...")
             self._encode = sam_model.image_encoder
         else:
             from ..backends import prepare_encoder
 
-            self._encode = prepare_encoder(sam_model.image_encoder, backend)
+            self._encode = prepare_encoder(sam_model.image_encoder, backend, **(backend_options or {}))
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
