@@ -229,7 +229,8 @@ def test_matmul_peak_is_the_better_of_start_and_end():
 def test_calibration_folder_reaches_the_int8_backends_only(tmp_path, monkeypatch, capsys):
     """``bench --calibration DIR``: every int8 backend is prepared on DIR's images, as the
     predictor would prepare them (resized, normalised, padded); fp32 backends get none; the
-    report and its table say where the int8 ranges came from."""
+    report and its table say where the int8 ranges came from. ``--cache-dir`` reaches every
+    backend."""
     from PIL import Image
 
     from repvit_sam.export.mobile import calibration_inputs
@@ -242,17 +243,22 @@ def test_calibration_folder_reaches_the_int8_backends_only(tmp_path, monkeypatch
     seen = {}
     real = backends.prepare_encoder
 
+    cache_dirs = {}
+
     def spy(encoder, backend, **kw):
         seen[backend] = kw.get("calibration")
-        return real(encoder, "fused")  # the calibration is what is checked, not NNCF
+        cache_dirs[backend] = kw.get("cache_dir")
+        return real(encoder, "fused")  # the options are what is checked, not NNCF
 
     monkeypatch.setattr(backends, "prepare_encoder", spy)
     model = randomize_(build_from_config(TINY["repvit"]))
     monkeypatch.setattr(bench, "_build_model", lambda name, size, pretrained: model)
     code = cli.main(["bench", "--models", "repvit", "--backends", "fused", "int8", "--runs", "1", "--warmup", "0", "--size", "256",
-                     "--decoder-batches", "1", "--calibration", str(tmp_path), "--json", str(tmp_path / "r.json")])
+                     "--decoder-batches", "1", "--calibration", str(tmp_path), "--json", str(tmp_path / "r.json"),
+                     "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     assert seen["fused"] is None and len(seen["int8"]) == 2
+    assert cache_dirs["fused"] == cache_dirs["int8"] == tmp_path / "cache"
     want = [c[0] for c in calibration_inputs(model, photos, preprocess=False)]
     for got, ref in zip(seen["int8"], want):
         assert got.shape == (1, 3, 256, 256) and torch.equal(got, ref)
@@ -271,3 +277,31 @@ def test_predictor_passes_backend_options_to_the_backend(monkeypatch):
     assert seen == {"backend": "int8", "calibration": ["x"], "threads": 1}
     with pytest.raises(ValueError, match="backend_options need a backend"):
         SamPredictor(model, backend_options={"threads": 1})
+
+
+def test_backends_are_timed_in_interleaved_rounds(monkeypatch):
+    """Every backend is prepared and warmed up first, then each round calls every backend once,
+    so drift in the machine's speed reaches all of them alike; a backend that fails in a later
+    round gets a row saying so and the others keep their times."""
+    calls = []
+    real = backends.prepare_encoder
+
+    def logged(encoder, backend, **kw):
+        fn = real(encoder, "fused" if backend != "eager" else "eager", **kw)
+
+        def run(x):
+            calls.append(backend)
+            if backend == "fused-cl" and calls.count("fused-cl") == 3:
+                raise RuntimeError("lost the device")
+            return fn(x)
+
+        return run
+
+    monkeypatch.setattr(backends, "prepare_encoder", logged)
+    model = randomize_(build_from_config(TINY["repvit"]))
+    r = bench.benchmark({"tiny": model}, ["fused", "fused-cl"], runs=3, warmup=1, size=256, decoder_batches=(),
+                        matmul_n=128, progress=False)
+    assert calls == ["eager", "fused", "fused-cl"] + ["eager", "fused", "fused-cl"] * 2 + ["eager", "fused"]
+    by = {row["backend"]: row for row in r["results"]}
+    assert by["fused-cl"]["note"] == "failed: RuntimeError: lost the device" and by["fused-cl"]["median_ms"] is None
+    assert by["fused"]["median_ms"] > 0 and by["fused"]["cosine"] == pytest.approx(1.0, abs=1e-6)

@@ -6,7 +6,10 @@ so that the ratios are comparable, plus the mask decoder's latency per prompt.
     python -m repvit_sam.bench ...            (the same)
 
 For each model and backend (see :mod:`repvit_sam.backends`): median / min / max latency over
-``--runs`` calls after ``--warmup`` calls, the time to prepare the backend (fuse, export,
+``--runs`` calls after ``--warmup`` calls (every backend of a model is prepared and warmed up
+first, then timed in ``--runs`` interleaved rounds, one call of each backend per round, so that
+a shared machine's drifting speed meets every backend alike and the ratios hold; before
+2026-11-30 each backend ran all its calls in a block), the time to prepare the backend (fuse, export,
 compile, quantise; compilation that happens on the first call counts in the warm-up instead),
 peak memory, the encoder's GFLOP (counted with ``torch.utils.flop_counter`` on the eager
 encoder: 2 x multiply-accumulates of convolutions and matrix products), the fraction of the
@@ -14,8 +17,8 @@ machine's matrix-multiply peak this achieves (the peak is measured in the same r
 matrix products in the backend's precision), and the embedding's cosine similarity and relative
 error against ``eager`` (the original unfused fp32 computation, always run first: the reference).
 
-Memory: ``peak_mb`` is the growth of the process's resident memory during the warm-up and timed
-calls over what it was just before them (after the backend was prepared): the activations and
+Memory: ``peak_mb`` is the growth of the process's resident memory during the warm-up calls
+(at least one) over what it was just before them (after the backend was prepared): the activations and
 workspaces inference needs, not the weights. On Linux it is read from the kernel's high-water
 mark (``VmHWM``, reset through ``/proc/self/clear_refs``); elsewhere sampled with psutil. On a
 GPU it is the growth of ``torch.cuda.max_memory_allocated``.
@@ -32,6 +35,7 @@ models they built themselves (e.g. tiny configurations).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", type=Path, metavar="DIR",
                    help="the int8 backends (int8, executorch-int8, litert-int8) calibrate on up to 32 images from DIR, as "
                         "`export --calibration` does (default: each backend's own set: sample photos or synthetic noise)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="keep the exported encoders (ONNX, OpenVINO int8, .pte, .tflite) in DIR and reuse them in later runs "
+                        "(files are named by a hash of the weights, input size and calibration; default: a temporary folder)")
     from .bench_everything import MODES, FILTERS
 
     e = p.add_argument_group("--task everything (segment everything: reference vs fast paths, first model of --models)")
@@ -163,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             decoder_batches=args.decoder_batches if "decoder" in tasks else [],
             gpu_batches=args.gpu_batches,
             calibration=calibration,
+            cache_dir=args.cache_dir,
         )
         print(markdown(report))
         if args.json:
@@ -175,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
         models = {name: _build_model(name, args.size, args.pretrained) for name in args.models}
         rows = bench_mobile.bench_mobile(models, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                                         encoder_rows=report["results"] if report else (), calibration=calibration)
+                                         encoder_rows=report["results"] if report else (), calibration=calibration,
+                                         cache_dir=args.cache_dir)
         print("\n" + bench_mobile.markdown(rows))
         if args.json:
             from .utils import write_json_atomic
@@ -229,9 +238,11 @@ def calibration_for(model: "nn.Module", calibration: Optional[Calibration]) -> O
     return [c[0] for c in calibration_inputs(model, calibration[0], preprocess=False)]
 
 
-def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.Tensor", ref: Optional["torch.Tensor"],
-                 gflop: float, runs: int, warmup: int, threads: int,
-                 calibration: Optional[List["torch.Tensor"]] = None) -> Dict[str, Any]:
+def _prepare_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.Tensor", gflop: float, warmup: int, threads: int,
+                 calibration: Optional[List["torch.Tensor"]] = None, cache_dir: Optional[Path] = None) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """A result row for ``backend`` with the encoder prepared and warmed up (``max(warmup, 1)``
+    calls, during which the peak memory is measured), and the timed call; (row, None) with a
+    ``note`` when the backend is unavailable or fails."""
     import torch
 
     from .backends import INFO, prepare_encoder, unavailable_reason
@@ -243,28 +254,58 @@ def _encoder_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.
     reason = unavailable_reason(backend)
     if reason is not None:
         row["note"] = f"unavailable: {reason}"
-        return row
+        return row, None
     cuda = info.device == "cuda"
     xin = x.to("cuda") if cuda else x
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def call() -> Any:
+        out = fn(xin)
+        sync()
+        return out
+
     try:
         t0 = time.perf_counter()
         options: Dict[str, Any] = {"calibration": calibration} if calibration is not None and info.precision == "int8" else {}
+        if cache_dir is not None:
+            options["cache_dir"] = cache_dir
         fn = prepare_encoder(encoder, backend, threads=threads, **options)
         row["prepare_s"] = time.perf_counter() - t0
-        with peak_memory("cuda" if cuda else "cpu") as mem:
-            timing = timed(lambda: fn(xin), runs, warmup, sync)
+        with peak_memory("cuda" if cuda else "cpu") as mem, torch.inference_mode():
+            for _ in range(max(warmup, 1)):
+                row["out"] = call()
         row["peak_mb"] = mem["peak_mb"]
     except Exception as e:  # a backend that cannot run this model here: the row says why
         row["note"] = f"failed: {one_line(e, with_type=True)}"
-        return row
-    out = timing.pop("out").float().cpu()
-    row.update(timing)
-    row["out"] = out
-    row["gflops"] = gflop / (row["median_ms"] / 1e3)
-    if ref is not None:
-        row.update(compare(out, ref))
-    return row
+        row["out"] = None
+        return row, None
+    return row, call
+
+
+def _time_interleaved(prepared: Sequence[Tuple[Dict[str, Any], Callable[[], Any]]], runs: int) -> None:
+    """``runs`` rounds, each calling every prepared backend once in turn, into each row's
+    median / min / max ms and last output. Interleaving makes the ratios between backends hold on
+    a shared machine whose speed drifts during the run: every backend meets the same drift."""
+    import torch
+
+    times: List[List[float]] = [[] for _ in prepared]
+    alive = [True] * len(prepared)
+    with torch.inference_mode():
+        for _ in range(runs):
+            for i, (row, call) in enumerate(prepared):
+                if not alive[i]:
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    row["out"] = call()
+                    times[i].append((time.perf_counter() - t0) * 1e3)
+                except Exception as e:  # noqa: BLE001 - the row says why
+                    row.update(note=f"failed: {one_line(e, with_type=True)}", out=None)
+                    alive[i] = False
+    for (row, _), t, ok in zip(prepared, times, alive):
+        if ok and t:
+            row.update(median_ms=statistics.median(t), min_ms=min(t), max_ms=max(t))
+            row["gflops"] = row["gflop"] / (row["median_ms"] / 1e3)
 
 
 def _gpu_rows(model_name: str, encoder: "nn.Module", backend: str, size: int, batches: Sequence[int], runs: int, warmup: int) -> List[Dict[str, Any]]:
@@ -347,6 +388,7 @@ def benchmark(
     matmul_n: int = 2048,
     progress: bool = True,
     calibration: Optional[Calibration] = None,
+    cache_dir: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Measure ``models`` (name -> Sam model, its encoder's input side ``size``) on ``backends``.
 
@@ -355,6 +397,7 @@ def benchmark(
     ``note`` says why and whose numbers are None), one decoder row per model and batch, and images/s
     rows for CUDA backends at ``gpu_batches``. No backends -> no encoder rows. ``calibration``:
     (RGB uint8 images, a description) on which the int8 backends calibrate (default: their own).
+    ``cache_dir``: where exported files are kept and found again (default: a temporary folder).
     """
     import torch
     from tqdm import tqdm
@@ -373,28 +416,45 @@ def benchmark(
         decoder: List[Dict[str, Any]] = []
         gpu: List[Dict[str, Any]] = []
         jobs = [(m, b) for m in models for b in order] + [(m, "decoder") for m in models if decoder_batches]
-        bar = tqdm(jobs, desc="bench", file=sys.stderr, disable=not progress, unit="job")
+        bar = tqdm(total=len(jobs), desc="bench", file=sys.stderr, disable=not progress, unit="job")
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         gflop: Dict[str, float] = {}
-        ref: Dict[str, Any] = {}
-        for model_name, what in bar:
-            bar.set_postfix_str(f"{model_name} {what}")
+        for model_name in models:
             model = models[model_name]
-            if what == "decoder":
-                decoder += _decoder_rows(model_name, model, size, decoder_batches, runs, warmup)
-                continue
             encoder = model.image_encoder.eval()
-            if model_name not in gflop:
-                gflop[model_name] = count_gflop(encoder, (1, 3, size, size))
-            calib = calibration_for(model, calibration) if INFO[what].precision == "int8" else None
-            row = _encoder_row(model_name, what, encoder, x, ref.get(model_name), gflop[model_name], runs, warmup, threads, calib)
-            out = row.pop("out")
-            if what == "eager" and out is not None:
-                ref[model_name] = out
-                row.update(cosine=1.0, rel_err=0.0)
-            results.append(row)
-            if what in cuda_backends and gpu_batches:
-                gpu += _gpu_rows(model_name, encoder, what, size, gpu_batches, runs, warmup)
+            prepared: List[Tuple[Dict[str, Any], Callable[[], Any]]] = []
+            rows: List[Dict[str, Any]] = []
+            for what in order:
+                bar.set_postfix_str(f"{model_name} {what}")
+                if model_name not in gflop:
+                    gflop[model_name] = count_gflop(encoder, (1, 3, size, size))
+                calib = calibration_for(model, calibration) if INFO[what].precision == "int8" else None
+                row, call = _prepare_row(model_name, what, encoder, x, gflop[model_name], warmup, threads, calib, cache_dir)
+                rows.append(row)
+                if call is not None:
+                    prepared.append((row, call))
+                bar.update()
+            if prepared:
+                bar.set_postfix_str(f"{model_name}: {runs} interleaved rounds")
+                _time_interleaved(prepared, runs)
+            ref_out = next((r["out"] for r in rows if r["backend"] == "eager" and r["out"] is not None), None)
+            for row in rows:
+                out = row.pop("out")
+                if row["median_ms"] is None:
+                    continue
+                if row["backend"] == "eager":
+                    row.update(cosine=1.0, rel_err=0.0)
+                elif ref_out is not None and out is not None:
+                    row.update(compare(out.float().cpu(), ref_out.float().cpu()))
+            results += rows
+            for what in order:
+                if what in cuda_backends and gpu_batches:
+                    gpu += _gpu_rows(model_name, encoder, what, size, gpu_batches, runs, warmup)
+            if decoder_batches:
+                bar.set_postfix_str(f"{model_name} decoder")
+                decoder += _decoder_rows(model_name, model, size, decoder_batches, runs, warmup)
+                bar.update()
+        bar.close()
         if results:  # the peaks again at the end: the better of the two is the machine's (others may share it)
             update_peaks(machine, matmul_peaks(matmul_n, bool(cuda_backends)))
         for row in results:

@@ -137,7 +137,8 @@ def _decoder_ms(model: Any, runtime: str, folder: Path, runs: int, warmup: int) 
 
 
 # ---------------------------------------------------------------------------- int8 fidelity
-def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str, calibration: Optional[List[Any]] = None) -> Dict[str, float]:
+def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str, calibration: Optional[List[Any]] = None,
+                   cache_dir: Optional[Path] = None) -> Dict[str, float]:
     """Embedding cosine and mean mask IoU (4 x 4 grid of clicks on the coffee photo, the best
     of the 3 candidates by predicted IoU) of ``int8_backend`` (calibrated on ``calibration``, or
     on its default set) against ``fp32_backend``."""
@@ -147,8 +148,10 @@ def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str, calibration
     from .inference.predictor import SamPredictor
 
     image = sample_photos()[1]  # coffee
-    options = {"calibration": calibration} if calibration is not None else None
-    a, b = SamPredictor(model, backend=fp32_backend), SamPredictor(model, backend=int8_backend, backend_options=options)
+    cached = {"cache_dir": cache_dir} if cache_dir is not None else {}
+    options = {**cached, **({"calibration": calibration} if calibration is not None else {})}
+    a = SamPredictor(model, backend=fp32_backend, backend_options=cached or None)
+    b = SamPredictor(model, backend=int8_backend, backend_options=options or None)
     a.set_image(image)
     b.set_image(image)
     ea, eb = a.get_image_embedding().double().flatten(), b.get_image_embedding().double().flatten()
@@ -169,7 +172,7 @@ def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str, calibration
 # ---------------------------------------------------------------------------- the task
 def bench_mobile(models: Mapping[str, Any], *, runs: int = 5, warmup: int = 1, threads: Optional[int] = None,
                  encoder_rows: Sequence[Mapping[str, Any]] = (), progress: bool = True,
-                 calibration: Optional[Tuple[List[Any], str]] = None) -> List[Dict[str, Any]]:
+                 calibration: Optional[Tuple[List[Any], str]] = None, cache_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
     """One row per model, runtime and precision (see the module docstring); a runtime that is
     not installed or fails gets a row whose ``note`` says why. ``calibration``: (RGB uint8
     images, a description) for the int8 files (default: the bundled sample photos)."""
@@ -207,13 +210,15 @@ def bench_mobile(models: Mapping[str, Any], *, runs: int = 5, warmup: int = 1, t
                 if precision == "int8":
                     row["calibration"] = calibration[1] if calibration is not None else "the bundled sample photos"
                 try:
-                    options = {"calibration": calib} if calib is not None else {}
+                    options: Dict[str, Any] = {"calibration": calib} if calib is not None else {}
+                    if cache_dir is not None:
+                        options["cache_dir"] = cache_dir
                     enc = prepare_encoder(model.image_encoder, backend, threads=threads, **options)
                     path = enc.paths[(size, size)]
                     row["file_mb"] = path.stat().st_size / 2**20
                     row.update(measure_memory(runtime, path))
                     if precision == "int8":
-                        row.update(_int8_fidelity(model, fp32_backend, int8_backend, calib))
+                        row.update(_int8_fidelity(model, fp32_backend, int8_backend, calib, cache_dir))
                 except Exception as e:  # noqa: BLE001
                     row["note"] = (row["note"] + "; " if row["note"] else "") + f"failed: {_one_line(e)}"
                 rows.append(row)

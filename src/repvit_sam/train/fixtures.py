@@ -72,6 +72,7 @@ def validate_file(name: str, checkpoint: Path, val: Path) -> Dict[str, Any]:
 
 
 def main(argv: List[str] | None = None) -> int:
+    global TRAIN_COUNT, VAL_COUNT
     import torch
 
     p = argparse.ArgumentParser(prog="python -m repvit_sam.train.fixtures", description=__doc__.splitlines()[0])
@@ -82,10 +83,11 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few steps of each stage on a few images (checks the pipeline, not the models)")
     p.add_argument("--teacher-steps", type=int, default=None, metavar="N",
                    help=f"fine-tuning steps of the teacher (default {FINETUNE[FINETUNE.index('--steps') + 1]}; more on a GPU)")
+    p.add_argument("--train-count", type=int, default=None, metavar="N",
+                   help=f"synthetic training images (default {TRAIN_COUNT}; more where a GPU trains longer)")
     p.add_argument("--teacher-batch-size", type=int, default=None, metavar="B",
                    help=f"the teacher's batch size (default {FINETUNE[FINETUNE.index('--batch-size') + 1]})")
     args = p.parse_args(argv)
-    global TRAIN_COUNT, VAL_COUNT
     finetune, phase1, phase2 = list(FINETUNE), list(PHASE1), list(PHASE2)
     if args.smoke:
         TRAIN_COUNT, VAL_COUNT = 24, 4
@@ -93,6 +95,10 @@ def main(argv: List[str] | None = None) -> int:
             opts[opts.index("--steps") + 1] = "3"
         phase1[phase1.index("--val-images") + 1] = "2"
         phase2[phase2.index("--val-images") + 1] = "2"
+    if args.train_count is not None:
+        if args.train_count < 1:
+            p.error(f"--train-count must be at least 1, got {args.train_count}")
+        TRAIN_COUNT = args.train_count
     if args.teacher_steps is not None:
         finetune[finetune.index("--steps") + 1] = str(args.teacher_steps)
     if args.teacher_batch_size is not None:
