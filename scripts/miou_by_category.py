@@ -16,9 +16,7 @@ import torch
 from repvit_sam.evaluation.datasets import ann_to_mask
 from repvit_sam.registry import build_sam
 from repvit_sam.train.data import _read_json, read_entries
-from repvit_sam.train.validate import _prompt_records, coco_records
-
-AREAS = (("small", 0, 32 ** 2), ("medium", 32 ** 2, 96 ** 2), ("large", 96 ** 2, float("inf")))
+from repvit_sam.train.validate import AREA_RANGES, _prompt_records, coco_records
 
 
 def main() -> None:
@@ -53,7 +51,7 @@ def main() -> None:
     groups = defaultdict(list)
     for rec in (r for per_image in records for r in per_image["instances"]):
         name = names.get(category.get(rec["ann_id"]), "?")
-        size = next(k for k, lo, hi in AREAS if lo <= rec["area"] < hi)
+        size = next(k for k, (lo, hi) in AREA_RANGES.items() if lo <= rec["area"] < hi)
         for key in (name, f"{name} / {size}"):
             groups[key].append((rec["box_iou"], rec["point_iou"]))
     print(f"{args.model} ({args.checkpoint.name}) on {args.data}: {sum(len(v) for k, v in groups.items() if '/' not in k)} instances\n")

@@ -238,6 +238,12 @@ def calibration_for(model: "nn.Module", calibration: Optional[Calibration]) -> O
     return [c[0] for c in calibration_inputs(model, calibration[0], preprocess=False)]
 
 
+def prepare_options(calibration: Optional[List["torch.Tensor"]], cache_dir: Optional[Path]) -> Dict[str, Any]:
+    """``backends.prepare_encoder``'s keyword arguments for what was given (``calibration``:
+    int8 backends only)."""
+    return {k: v for k, v in (("calibration", calibration), ("cache_dir", cache_dir)) if v is not None}
+
+
 def _prepare_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.Tensor", gflop: float, warmup: int, threads: int,
                  calibration: Optional[List["torch.Tensor"]] = None, cache_dir: Optional[Path] = None) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
     """A result row for ``backend`` with the encoder prepared and warmed up (``max(warmup, 1)``
@@ -266,9 +272,7 @@ def _prepare_row(model_name: str, backend: str, encoder: "nn.Module", x: "torch.
 
     try:
         t0 = time.perf_counter()
-        options: Dict[str, Any] = {"calibration": calibration} if calibration is not None and info.precision == "int8" else {}
-        if cache_dir is not None:
-            options["cache_dir"] = cache_dir
+        options = prepare_options(calibration if info.precision == "int8" else None, cache_dir)
         fn = prepare_encoder(encoder, backend, threads=threads, **options)
         row["prepare_s"] = time.perf_counter() - t0
         with peak_memory("cuda" if cuda else "cpu") as mem, torch.inference_mode():
@@ -418,18 +422,16 @@ def benchmark(
         jobs = [(m, b) for m in models for b in order] + [(m, "decoder") for m in models if decoder_batches]
         bar = tqdm(total=len(jobs), desc="bench", file=sys.stderr, disable=not progress, unit="job")
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        gflop: Dict[str, float] = {}
         for model_name in models:
             model = models[model_name]
             encoder = model.image_encoder.eval()
+            gflop = count_gflop(encoder, (1, 3, size, size)) if order else 0.0
+            calib = calibration_for(model, calibration) if any(INFO[b].precision == "int8" for b in order) else None
             prepared: List[Tuple[Dict[str, Any], Callable[[], Any]]] = []
             rows: List[Dict[str, Any]] = []
             for what in order:
                 bar.set_postfix_str(f"{model_name} {what}")
-                if model_name not in gflop:
-                    gflop[model_name] = count_gflop(encoder, (1, 3, size, size))
-                calib = calibration_for(model, calibration) if INFO[what].precision == "int8" else None
-                row, call = _prepare_row(model_name, what, encoder, x, gflop[model_name], warmup, threads, calib, cache_dir)
+                row, call = _prepare_row(model_name, what, encoder, x, gflop, warmup, threads, calib, cache_dir)
                 rows.append(row)
                 if call is not None:
                     prepared.append((row, call))

@@ -144,14 +144,13 @@ def _int8_fidelity(model: Any, fp32_backend: str, int8_backend: str, calibration
     on its default set) against ``fp32_backend``."""
     import numpy as np
 
+    from .bench import prepare_options
     from .export.mobile import sample_photos
     from .inference.predictor import SamPredictor
 
     image = sample_photos()[1]  # coffee
-    cached = {"cache_dir": cache_dir} if cache_dir is not None else {}
-    options = {**cached, **({"calibration": calibration} if calibration is not None else {})}
-    a = SamPredictor(model, backend=fp32_backend, backend_options=cached or None)
-    b = SamPredictor(model, backend=int8_backend, backend_options=options or None)
+    a = SamPredictor(model, backend=fp32_backend, backend_options=prepare_options(None, cache_dir) or None)
+    b = SamPredictor(model, backend=int8_backend, backend_options=prepare_options(calibration, cache_dir) or None)
     a.set_image(image)
     b.set_image(image)
     ea, eb = a.get_image_embedding().double().flatten(), b.get_image_embedding().double().flatten()
@@ -181,10 +180,11 @@ def bench_mobile(models: Mapping[str, Any], *, runs: int = 5, warmup: int = 1, t
     from tqdm import tqdm
 
     from .backends import available_backends, prepare_encoder
-    from .bench import calibration_for
+    from .bench import calibration_for, prepare_options
 
     available = available_backends()
     rows: List[Dict[str, Any]] = []
+    calibs: Dict[str, Any] = {}
     jobs = [(m, r) for m in models for r in RUNTIMES]
     bar = tqdm(jobs, desc="bench mobile", file=sys.stderr, disable=not progress, unit="job")
     with tempfile.TemporaryDirectory(prefix="repvit-sam-bench-mobile-") as scratch:
@@ -204,15 +204,15 @@ def bench_mobile(models: Mapping[str, Any], *, runs: int = 5, warmup: int = 1, t
                 decoder_ms = _decoder_ms(model, runtime, Path(scratch) / f"{model_name}-{runtime}", runs, warmup)
             except Exception as e:  # noqa: BLE001 - the row says why
                 base["note"] = f"decoder failed: {_one_line(e)}"
+            if model_name not in calibs:  # the same inputs for both runtimes
+                calibs[model_name] = calibration_for(model, calibration)
+            calib = calibs[model_name]
             for precision, backend in (("fp32", fp32_backend), ("int8", int8_backend)):
                 row = dict(base, precision=precision, decoder_ms=decoder_ms)
-                calib = calibration_for(model, calibration) if precision == "int8" else None
                 if precision == "int8":
                     row["calibration"] = calibration[1] if calibration is not None else "the bundled sample photos"
                 try:
-                    options: Dict[str, Any] = {"calibration": calib} if calib is not None else {}
-                    if cache_dir is not None:
-                        options["cache_dir"] = cache_dir
+                    options = prepare_options(calib if precision == "int8" else None, cache_dir)
                     enc = prepare_encoder(model.image_encoder, backend, threads=threads, **options)
                     path = enc.paths[(size, size)]
                     row["file_mb"] = path.stat().st_size / 2**20
