@@ -215,7 +215,9 @@ def test_cuda_backend_matches_eager(tiny_encoders, x, backend):
     assert out.device == x.device and out_gpu.device.type == "cuda" and out.dtype == torch.float32
     cosine, rel = _metrics(out, ref)
     min_cos, max_rel = TOLERANCE[INFO[backend].precision]
-    assert cosine >= min_cos and rel <= max(max_rel, 1e-3)  # fp32 on a GPU may use TF32 convolutions
+    # fp32 on a GPU may use TF32 convolutions (cuDNN's default): 10-bit mantissas, so about 1e-3
+    # relative error and a cosine of 1 - 1e-7 (0.99999987 on an H200), not fp32's 1 - 1e-9
+    assert cosine >= min(min_cos, 0.99999) and rel <= max(max_rel, 1e-3)
     torch.testing.assert_close(out_gpu.cpu(), out, rtol=1e-3, atol=1e-3)
 
 

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="video: frames per sequence (default 24-40, drawn per sequence)")
     p.add_argument("--reenter", choices=("random", "always", "never"), default="random",
                    help="video: whether object 1 leaves the frame and comes back (default: a coin flip per sequence)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="images: processes that render scenes (default 1); the files are the same for any number")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.frames is not None and args.frames < 8:
         raise UsageError(f"--frames must be >= 8, got {args.frames}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.kind == "images" and (args.frames is not None or args.reenter != "random"):
         raise UsageError("--frames and --reenter apply to 'synth video' only")
     size = args.size or DEFAULT_SIZE[args.kind]
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.kind == "images":
             lo, hi = objects or (3, 8)
-            m = write_images(args.output, count, args.seed, size, min_objects=lo, max_objects=hi, quiet=args.quiet)
+            m = write_images(args.output, count, args.seed, size, min_objects=lo, max_objects=hi, quiet=args.quiet,
+                             workers=args.workers)
             print(f"wrote {count} images with {m['instances']} instances to {args.output} "
                   f"(annotations.json, sa1b/, preview.png)")
         else:

@@ -159,30 +159,57 @@ def sa1b_record(scene: Scene, image_id: int, file_name: str) -> Dict[str, Any]:
     return {"image": {"image_id": image_id, "file_name": file_name, "width": w, "height": h}, "annotations": anns}
 
 
-def write_images(out: Path, count: int, seed: int, size: Tuple[int, int] = (256, 256), *,
-                 min_objects: int = 3, max_objects: int = 8, quiet: bool = False) -> Dict[str, Any]:
-    """Generate ``count`` scenes of ``size`` (W, H) into ``out``; returns the manifest written."""
+def _write_one_image(job: Tuple[Path, int, int, int, int, int, int, bool]) -> Tuple[str, List[Dict[str, Any]], Optional[Image.Image]]:
+    """Generate scene ``i`` of ``seed``, write its PNG and SA-1B JSON; return its file name, one
+    annotation per mask (without ids) and, when asked, its preview tile."""
     from ..inference.masks import mask_to_rle
     from ..io import save_png_atomic
     from ..visualize import overlay
 
+    out, seed, i, height, width, min_objects, max_objects, want_tile = job
+    scene = make_scene(scene_rng(seed, i, "images"), height, width, min_objects=min_objects, max_objects=max_objects)
+    name = f"{i:06d}.png"
+    save_png_atomic(scene.image, out / "images" / name)
+    anns = [{"category_id": _category_id(scene.categories[k]), "segmentation": mask_to_rle(mask),
+             "area": int(mask.sum()), "bbox": box_xywh(mask), "iscrowd": 0} for k, mask in enumerate(scene.masks)]
+    write_json_atomic(out / "sa1b" / f"{i:06d}.json", sa1b_record(scene, i + 1, name))
+    tile = overlay(scene.image, list(scene.masks), alpha=0.45) if want_tile else None
+    return name, anns, tile
+
+
+def write_images(out: Path, count: int, seed: int, size: Tuple[int, int] = (256, 256), *,
+                 min_objects: int = 3, max_objects: int = 8, quiet: bool = False, workers: int = 1) -> Dict[str, Any]:
+    """Generate ``count`` scenes of ``size`` (W, H) into ``out``; returns the manifest written.
+
+    ``workers > 1`` renders scenes in that many processes; scene ``i`` depends only on
+    ``(seed, i)`` and ids are given in image order, so the files are the same for any ``workers``."""
+    from ..io import save_png_atomic
+
     width, height = size
     prepare_output(out, "images")
     (out / "images").mkdir()
-    images, annotations, tiles = [], [], []
-    for i in _progress(range(count), count, "synth images", quiet):
-        scene = make_scene(scene_rng(seed, i, "images"), height, width, min_objects=min_objects, max_objects=max_objects)
-        name = f"{i:06d}.png"
-        save_png_atomic(scene.image, out / "images" / name)
-        images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
-        for k, mask in enumerate(scene.masks):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": _category_id(scene.categories[k]),
-                "segmentation": mask_to_rle(mask), "area": int(mask.sum()), "bbox": box_xywh(mask), "iscrowd": 0,
-            })
-        write_json_atomic(out / "sa1b" / f"{i:06d}.json", sa1b_record(scene, i + 1, name))
-        if len(tiles) < 16:
-            tiles.append(overlay(scene.image, list(scene.masks), alpha=0.45))
+    images: List[Dict[str, Any]] = []
+    annotations: List[Dict[str, Any]] = []
+    tiles: List[Image.Image] = []
+    jobs = ((out, seed, i, height, width, min_objects, max_objects, i < 16) for i in range(count))
+    pool = None
+    if workers > 1 and count > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(min(workers, count))
+        results = pool.imap(_write_one_image, jobs, chunksize=max(1, min(16, count // (4 * workers))))
+    else:
+        results = map(_write_one_image, jobs)
+    try:
+        for i, (name, anns, tile) in enumerate(_progress(results, count, "synth images", quiet)):
+            images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+            for ann in anns:
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **ann})
+            if tile is not None:
+                tiles.append(tile)
+    finally:
+        if pool is not None:
+            pool.terminate()
     coco = {
         "info": {"description": f"repvit-sam synthetic shapes, seed {seed}", "version": str(FORMAT_VERSION)},
         "licenses": [],
