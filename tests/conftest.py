@@ -75,6 +75,9 @@ def run_cli(argv, capsys):
 # tiny teacher fine-tuned from random weights and a tiny RepViT student distilled from it.
 # Use them wherever a test needs masks that mean something.
 TRAINED = __import__("pathlib").Path(__file__).parent / "data" / "trained"
+_RECORD = __import__("json").loads((TRAINED / "models.json").read_text())["models"]
+TEACHER_VARIANT = _RECORD["teacher.pt"]["variant"]  # tiny_vit_b_wide
+STUDENT_VARIANT = _RECORD["student.pt"]["variant"]  # tiny_repvit_wide
 
 
 def trained_model(fname: str):
@@ -89,13 +92,13 @@ def trained_model(fname: str):
 
 @pytest.fixture(scope="session")
 def trained_teacher():
-    """The trained tiny teacher (``tiny_vit_b``), a loaded Sam in eval mode."""
+    """The trained tiny teacher (``TEACHER_VARIANT``), a loaded Sam in eval mode."""
     return trained_model("teacher.pt")
 
 
 @pytest.fixture(scope="session")
 def trained_student():
-    """The trained tiny RepViT student (``tiny_repvit``, after both distillation phases), eval mode."""
+    """The trained tiny RepViT student (``STUDENT_VARIANT``, after both distillation phases), eval mode."""
     return trained_model("student.pt")
 
 

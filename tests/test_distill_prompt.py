@@ -12,7 +12,7 @@ import torch
 from repvit_sam import build_sam
 from repvit_sam.weights import read_checkpoint
 
-from conftest import TRAINED, run_cli
+from conftest import STUDENT_VARIANT, TEACHER_VARIANT, TRAINED, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def phase2(tmp_path_factory):
     from repvit_sam.cli import main
 
     try:
-        assert main(["distill", "embed", "--teacher", "tiny_vit_b", "--teacher-checkpoint", str(TRAINED / "teacher.pt"),
+        assert main(["distill", "embed", "--teacher", TEACHER_VARIANT, "--teacher-checkpoint", str(TRAINED / "teacher.pt"),
                      "--images", str(images), "--out", str(root / "emb"), "--workers", "0"]) == 0
         assert main(["distill", "train", "--phase", "prompt", "--embeddings", str(root / "emb"), "--images", str(images),
-                     "--annotations", str(ann), "--student", "tiny_repvit", "--student-init", str(TRAINED / "student_mse.pt"),
+                     "--annotations", str(ann), "--student", STUDENT_VARIANT, "--student-init", str(TRAINED / "student_mse.pt"),
                      "--teacher-checkpoint", str(TRAINED / "teacher.pt"), "--out", str(root / "run"), "--steps", "4",
                      "--batch-size", "2", "--val-images", "2", "--log-every", "1", "--max-instances", "3", "--workers", "0"]) == 0
     finally:
@@ -51,9 +51,9 @@ def test_phase_two_trains_the_student_against_the_teacher(phase2, capsys):
     out = phase2 / "student.pt"
     code, _, err = run_cli(["distill", "export", "--run", run, "-o", out], capsys)  # no teacher checkpoint needed
     assert code == 0, err
-    student = build_sam("tiny_repvit", checkpoint=out)
-    init = build_sam("tiny_repvit", checkpoint=TRAINED / "student_mse.pt")
-    teacher = build_sam("tiny_vit_b", checkpoint=TRAINED / "teacher.pt")
+    student = build_sam(STUDENT_VARIANT, checkpoint=out)
+    init = build_sam(STUDENT_VARIANT, checkpoint=TRAINED / "student_mse.pt")
+    teacher = build_sam(TEACHER_VARIANT, checkpoint=TRAINED / "teacher.pt")
     for (k, a), b in zip(student.prompt_encoder.state_dict().items(), teacher.prompt_encoder.state_dict().values()):
         assert torch.equal(a, b), k  # frozen: the teacher's
     moved = [k for k, v in student.mask_decoder.state_dict().items() if not torch.equal(v, init.mask_decoder.state_dict()[k])]
@@ -63,7 +63,7 @@ def test_phase_two_trains_the_student_against_the_teacher(phase2, capsys):
 
 def test_phase_two_needs_a_student_and_masks(phase2, tmp_path, capsys):
     base = ["distill", "train", "--phase", "prompt", "--embeddings", phase2 / "emb", "--images", phase2 / "synth" / "images",
-            "--student", "tiny_repvit", "--teacher-checkpoint", TRAINED / "teacher.pt", "--steps", "1", "--batch-size", "2", "--workers", "0"]
+            "--student", STUDENT_VARIANT, "--teacher-checkpoint", TRAINED / "teacher.pt", "--steps", "1", "--batch-size", "2", "--workers", "0"]
     code, _, err = run_cli([*base, "--annotations", phase2 / "synth" / "annotations.json", "--out", tmp_path / "a"], capsys)
     assert code == 1 and "pass --student-init" in err
     code, _, err = run_cli([*base, "--student-init", TRAINED / "student_mse.pt", "--out", tmp_path / "b"], capsys)  # no SA-1B JSONs beside the images

@@ -17,13 +17,14 @@ from repvit_sam.train.trainer import KILL_ENV
 from repvit_sam.train.validate import coco_records, prompt_validation
 from repvit_sam.weights import read_checkpoint
 
-from conftest import TRAINED, run_cli
+from conftest import TEACHER_VARIANT, TRAINED, run_cli
 
-MODEL = "tiny_vit_b"
+MODEL = TEACHER_VARIANT  # the trained teacher's variant
+RANDOM_MODEL = "tiny_vit_b"  # runs from random weights: the smaller variant is faster
 STEPS = 40
 FROM_TEACHER = ["--model", MODEL, "--checkpoint", TRAINED / "teacher.pt", "--mask-loss", "bce-dice", "--batch-size", "4", "--lr", "1e-3", "--rounds", "1",
                 "--max-instances", "4", "--val-clicks", "2", "--log-every", "1", "--workers", "0", "--seed", "0"]
-RUN = ["--model", MODEL, "--trainable", "all", "--batch-size", "4", "--lr", "3e-3", "--rounds", "1", "--max-instances", "4",
+RUN = ["--model", RANDOM_MODEL, "--trainable", "all", "--batch-size", "4", "--lr", "3e-3", "--rounds", "1", "--max-instances", "4",
        "--val-clicks", "2", "--log-every", "1", "--workers", "0", "--seed", "0"]
 
 
@@ -177,7 +178,7 @@ def test_bad_arguments_are_one_line_errors(synth, tmp_path, capsys, vit_t_checkp
     code, _, err = run_cli(["finetune", "--data", ann, "--images", synth / "train" / "images", "--model", MODEL,
                             "--checkpoint", vit_t_checkpoint, "-o", tmp_path / "r2", "--steps", "1", "--workers", "0"], capsys)
     lines = err.strip().splitlines()
-    assert code == 1 and "does not fit model 'tiny_vit_b'" in lines[-1] and "looks like a 'vit_t' checkpoint" in lines[-1]
+    assert code == 1 and f"does not fit model '{MODEL}'" in lines[-1] and "looks like a 'vit_t' checkpoint" in lines[-1]
     assert not any(ln.startswith("Traceback") for ln in lines)
     code, _, err = run_cli(["finetune", "--data", ann, "--images", synth / "train" / "images", "--model", MODEL, "-o", tmp_path / "r3",
                             "--resume", "--workers", "0"], capsys)

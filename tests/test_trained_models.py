@@ -13,7 +13,7 @@ from repvit_sam.utils import file_sha256
 from repvit_sam.train.data import read_entries
 from repvit_sam.train.validate import coco_records, prompt_validation
 
-from conftest import TRAINED, run_cli, trained_model
+from conftest import STUDENT_VARIANT, TEACHER_VARIANT, TRAINED, run_cli, trained_model
 
 RECORD = json.loads((TRAINED / "models.json").read_text())
 CLICKS = 2
@@ -41,13 +41,13 @@ def test_files_match_their_record():
         v = m["validation"]
         for g in ("small", "medium", "large"):  # reported per COCO area range
             assert v[f"instances_{g}"] > 0 and 0 <= v[f"miou_box_{g}"] <= 1
-    assert RECORD["models"]["student.pt"]["variant"] == "tiny_repvit"
+    assert RECORD["models"]["student.pt"]["variant"] == STUDENT_VARIANT == "tiny_repvit_wide"  # a RepViT student
 
 
 def test_teacher_learned_from_random_weights(figures):
     t = figures["teacher"]
     # an untrained model scores about 0.02 here; these masks mean something
-    assert t["miou_box"] > 0.45 and t["miou_point"] > 0.4, t
+    assert t["miou_box"] > 0.7 and t["miou_point"] > 0.6, t
 
 
 def test_student_keeps_90_percent_of_the_teachers_box_miou(figures):
@@ -60,22 +60,42 @@ def test_phase_two_does_not_lose_the_students_masks(figures):
     assert s["miou_box"] + s["miou_point"] >= m["miou_box"] + m["miou_point"] - 0.02, figures
 
 
-@pytest.mark.xfail(reason=f"CPU-trained fixtures: teacher box mIoU {RECORD['models']['teacher.pt']['validation']['miou_box']:.3f} "
-                          f"and 1-point {RECORD['models']['teacher.pt']['validation']['miou_point']:.3f}; targets 0.85 / 0.70")
-def test_issue_targets_teacher(figures):
+def test_issue_targets_teacher_point_and_clicks(figures):
+    """1 point >= 0.70, and correction clicks raise the 1-point figure."""
     t = figures["teacher"]
-    assert t["miou_box"] >= 0.85 and t["miou_point"] >= 0.70
-    assert t[f"miou_point_{CLICKS + 1}_clicks"] > t["miou_point"]  # correction clicks raise the 1-point figure
+    assert t["miou_point"] >= 0.70, t
+    assert t["miou_point_2_clicks"] > t["miou_point"] and t[f"miou_point_{CLICKS + 1}_clicks"] > t["miou_point_2_clicks"], t
 
 
-def test_issue_target_phase_two_raises_the_box_miou(figures):
-    assert figures["student"]["miou_box"] > figures["student_mse"]["miou_box"]
+@pytest.mark.xfail(reason=f"trained fixtures: teacher box mIoU {RECORD['models']['teacher.pt']['validation']['miou_box']:.3f} "
+                          "on the 50 held-out images; target 0.85")
+def test_issue_target_teacher_box(figures):
+    assert figures["teacher"]["miou_box"] >= 0.85
+
+
+def test_issue_target_phase_two_raises_the_box_miou(tmp_path_factory):
+    """On the whole held-out set the validation scores (50 images, 284 instances; the figures
+    models.json records), phase 2 raises the box mIoU, and on small objects, where decoupled
+    distillation loses most, both the box and the 1-point figures. The overall box gain is small
+    (+0.008): on the first 10 images alone (the ``figures`` above) the box figure falls."""
+    from conftest import held_out_synthetic
+
+    val = held_out_synthetic(tmp_path_factory.mktemp("held_out_all") / "synth", 50)
+    entries, _ = read_entries(val / "annotations.json", val / "images")
+    records = coco_records(entries, 16)
+    got = {f: prompt_validation(trained_model(f), records, 0) for f in ("student_mse.pt", "student.pt")}
+    for f, g in got.items():
+        assert g["instances"] == RECORD["models"][f]["validation"]["instances"] == 284
+        assert g["miou_box"] == pytest.approx(RECORD["models"][f]["validation"]["miou_box"], abs=1e-6), f
+    p1, p2 = got["student_mse.pt"], got["student.pt"]
+    assert p2["miou_box"] > p1["miou_box"], got
+    assert p2["miou_box_small"] > p1["miou_box_small"] and p2["miou_point_small"] > p1["miou_point_small"], got
 
 
 def test_eval_coco_prompt_gives_the_validation_figures(synthetic_held_out, figures, tmp_path, capsys):
     code, out, err = run_cli(["eval", "coco-prompt", "--data", synthetic_held_out, "--annotations",
                               synthetic_held_out / "annotations.json", "--images", synthetic_held_out / "images",
-                              "--model", "tiny_vit_b", "--checkpoint", TRAINED / "teacher.pt", "--refine", CLICKS,
+                              "--model", TEACHER_VARIANT, "--checkpoint", TRAINED / "teacher.pt", "--refine", CLICKS,
                               "--no-cache", "--no-progress", "--out", tmp_path], capsys)
     assert code == 0, err
     overall = json.loads(next(tmp_path.glob("*.json")).read_text())["overall"]
@@ -83,3 +103,23 @@ def test_eval_coco_prompt_gives_the_validation_figures(synthetic_held_out, figur
     assert overall["mIoU_box"] == pytest.approx(100 * t["miou_box"], abs=0.2)
     assert overall["mIoU_point"] == pytest.approx(100 * t["miou_point"], abs=0.2)
     assert overall[f"mIoU_point_{CLICKS + 1}_clicks"] == pytest.approx(100 * t[f"miou_point_{CLICKS + 1}_clicks"], abs=0.2)
+
+
+def test_fixture_script_records_the_teacher_stages_it_runs():
+    """`python -m repvit_sam.train.fixtures` trains the teacher in TEACHER_STAGES, each from the
+    one before; models.json records those exact commands and where each stage ran."""
+    from repvit_sam.train import fixtures as fx
+
+    def opt(options, name):
+        return options[options.index(name) + 1]
+
+    stages = fx._teacher_stages(list(fx.FINETUNE), len(fx.TEACHER_STAGES), smoke=False)
+    assert stages[0] == fx.FINETUNE and len(stages) == len(fx.TEACHER_STAGES) == 3
+    assert [opt(o, "--batch-size") for o in stages] == ["8", "32", "32"]
+    assert all(opt(o, "--rounds") == opt(fx.FINETUNE, "--rounds") for o in stages)  # only steps, batch and lr change
+    assert [opt(o, "--steps") for o in fx._teacher_stages(list(fx.FINETUNE), 2, smoke=True)] == ["3", "3"]
+    recorded = RECORD["commands"]["teacher"]
+    for k, options in enumerate(stages):
+        assert recorded[k][0] == "finetune" and recorded[k][1:1 + len(options)] == options
+        assert ("--checkpoint" in recorded[k]) == (k > 0)  # stage k + 1 starts from stage k's weights
+    assert [s["steps"] for s in RECORD["teacher_stages"]] == [int(opt(o, "--steps")) for o in stages]

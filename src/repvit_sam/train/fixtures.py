@@ -27,17 +27,36 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-TEACHER, STUDENT = "tiny_vit_b", "tiny_repvit"
-TRAIN_COUNT, VAL_COUNT, SIZE = 400, 50, (256, 256)
+TEACHER, STUDENT = "tiny_vit_b_wide", "tiny_repvit_wide"
+TRAIN_COUNT, VAL_COUNT, SIZE = 2000, 50, (256, 256)
 VAL_CLICKS = 4
 
 FINETUNE = ["--trainable", "all", "--mask-loss", "bce-dice", "--steps", "3000", "--batch-size", "8", "--lr", "2e-3", "--weight-decay", "0.01",
             "--rounds", "2", "--max-instances", "6", "--val-every", "5000", "--checkpoint-every", "100", "--log-every", "20",
             "--val-clicks", str(VAL_CLICKS), "--seed", "0", "--no-bf16"]
+# The teacher trains in stages, each from the weights of the one before: stage 1 is FINETUNE
+# from random weights (it ran on a CPU, 93 min on one thread); stages 2 and 3 go on at batch 32
+# with a fresh warm-up and cosine decay (they ran on an H200: 3.4 and 4.6 min). Each list
+# overrides FINETUNE's values.
+TEACHER_STAGES = [[], ["--steps", "1300", "--batch-size", "32", "--lr", "1e-3"], ["--steps", "1800", "--batch-size", "32", "--lr", "5e-4"]]
 PHASE1 = ["--recipe", "tiny", "--steps", "1500", "--batch-size", "8", "--lr", "3e-3", "--val-images", "20",
           "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "25", "--seed", "0", "--no-bf16"]
 PHASE2 = ["--phase", "prompt", "--recipe", "prompt", "--steps", "200", "--batch-size", "8", "--lr", "3e-4", "--val-images", "20",
           "--max-instances", "6", "--checkpoint-every", "100", "--val-every", "5000", "--log-every", "20", "--seed", "0", "--no-bf16"]
+
+
+def _teacher_stages(first: List[str], count: int, smoke: bool) -> List[List[str]]:
+    """The finetune options of each of the first ``count`` teacher stages (TEACHER_STAGES over
+    ``first``, the first stage's options)."""
+    stages = []
+    for k, overrides in enumerate(TEACHER_STAGES[:count]):
+        opts = list(first) if k == 0 else list(FINETUNE)
+        for name, value in zip(overrides[::2], overrides[1::2]):
+            opts[opts.index(name) + 1] = value
+        if smoke:
+            opts[opts.index("--steps") + 1] = "3"
+        stages.append(opts)
+    return stages
 
 
 def _cli(argv: List[Any]) -> None:
@@ -51,6 +70,8 @@ def _cli(argv: List[Any]) -> None:
 
 
 def _synth(out: Path, count: int, seed: int) -> None:
+    import os
+
     from ..synthetic import write_images
 
     manifest = out / "synth.json"
@@ -58,7 +79,8 @@ def _synth(out: Path, count: int, seed: int) -> None:
         m = json.loads(manifest.read_text())
         if m.get("count") == count and m.get("seed") == seed:
             return
-    write_images(out, count=count, seed=seed, size=SIZE, quiet=True)
+    # the files do not depend on the number of worker processes
+    write_images(out, count=count, seed=seed, size=SIZE, quiet=True, workers=min(16, os.cpu_count() or 1))
 
 
 def validate_file(name: str, checkpoint: Path, val: Path) -> Dict[str, Any]:
@@ -79,14 +101,21 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, default=Path("tests/data/trained"), help="where the fixtures go")
     p.add_argument("--work", type=Path, required=True, help="work folder (synthetic data, runs); re-use it to continue")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; the committed fixtures say which made them")
-    p.add_argument("--teacher-only", action="store_true", help="stop after fine-tuning the teacher (WORK/teacher/model.pt)")
+    p.add_argument("--teacher-only", action="store_true", help="stop after fine-tuning the teacher (its last stage's RUN/model.pt)")
+    p.add_argument("--teacher-stages", type=int, default=len(TEACHER_STAGES), metavar="K",
+                   help=f"train only the first K of the teacher's {len(TEACHER_STAGES)} stages (see TEACHER_STAGES)")
     p.add_argument("--smoke", action="store_true", help="a few steps of each stage on a few images (checks the pipeline, not the models)")
     p.add_argument("--teacher-steps", type=int, default=None, metavar="N",
-                   help=f"fine-tuning steps of the teacher (default {FINETUNE[FINETUNE.index('--steps') + 1]}; more on a GPU)")
+                   help=f"fine-tuning steps of the teacher's first stage (default {FINETUNE[FINETUNE.index('--steps') + 1]})")
     p.add_argument("--train-count", type=int, default=None, metavar="N",
                    help=f"synthetic training images (default {TRAIN_COUNT}; more where a GPU trains longer)")
     p.add_argument("--teacher-batch-size", type=int, default=None, metavar="B",
-                   help=f"the teacher's batch size (default {FINETUNE[FINETUNE.index('--batch-size') + 1]})")
+                   help=f"batch size of the teacher's first stage (default {FINETUNE[FINETUNE.index('--batch-size') + 1]})")
+    p.add_argument("--teacher-lr", type=float, default=None, metavar="LR",
+                   help=f"peak learning rate of the teacher's first stage (default {FINETUNE[FINETUNE.index('--lr') + 1]})")
+    p.add_argument("--teacher-init", type=Path, default=None, metavar="PATH",
+                   help="start the teacher's first stage from these weights instead of random ones; models.json records "
+                        "the file's SHA-256")
     args = p.parse_args(argv)
     finetune, phase1, phase2 = list(FINETUNE), list(PHASE1), list(PHASE2)
     if args.smoke:
@@ -95,6 +124,8 @@ def main(argv: List[str] | None = None) -> int:
             opts[opts.index("--steps") + 1] = "3"
         phase1[phase1.index("--val-images") + 1] = "2"
         phase2[phase2.index("--val-images") + 1] = "2"
+    if not 1 <= args.teacher_stages <= len(TEACHER_STAGES):
+        p.error(f"--teacher-stages must be 1..{len(TEACHER_STAGES)}, got {args.teacher_stages}")
     if args.train_count is not None:
         if args.train_count < 1:
             p.error(f"--train-count must be at least 1, got {args.train_count}")
@@ -103,6 +134,12 @@ def main(argv: List[str] | None = None) -> int:
         finetune[finetune.index("--steps") + 1] = str(args.teacher_steps)
     if args.teacher_batch_size is not None:
         finetune[finetune.index("--batch-size") + 1] = str(args.teacher_batch_size)
+    if args.teacher_lr is not None:
+        finetune[finetune.index("--lr") + 1] = str(args.teacher_lr)
+    if args.teacher_init is not None:
+        if not args.teacher_init.is_file():
+            p.error(f"--teacher-init file not found: {args.teacher_init}")
+        finetune += ["--checkpoint", str(args.teacher_init)]
     dev = ["--device", args.device, "--workers", "0" if args.device == "cpu" else "4"]
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
     work, out = args.work, args.output
@@ -112,11 +149,15 @@ def main(argv: List[str] | None = None) -> int:
     _synth(train, TRAIN_COUNT, 0)
     _synth(val, VAL_COUNT, 1)
 
-    teacher_run = work / "teacher"
-    if not (teacher_run / "model.pt").is_file():
-        resume = ["--resume"] if (teacher_run / "checkpoints" / "last.pt").is_file() else []
-        _cli(["finetune", "--data", train / "annotations.json", "--images", train / "images", "--model", TEACHER,
-              "-o", teacher_run, "--val-data", val / "annotations.json", "--val-images", val / "images", *finetune, *dev, *resume])
+    stage_options = _teacher_stages(finetune, args.teacher_stages, args.smoke)
+    for k, options in enumerate(stage_options):
+        teacher_run = work / ("teacher" if k == 0 else f"teacher_{k + 1}")
+        if not (teacher_run / "model.pt").is_file():
+            resume = ["--resume"] if (teacher_run / "checkpoints" / "last.pt").is_file() else []
+            init = ["--checkpoint", work / ("teacher" if k == 1 else f"teacher_{k}") / "model.pt"] if k > 0 and not resume else []
+            _cli(["finetune", "--data", train / "annotations.json", "--images", train / "images", "--model", TEACHER,
+                  "-o", teacher_run, "--val-data", val / "annotations.json", "--val-images", val / "images", *options, *init,
+                  *dev, *resume])
     teacher = teacher_run / "model.pt"
     if args.teacher_only:
         return 0
@@ -144,17 +185,26 @@ def main(argv: List[str] | None = None) -> int:
     record: Dict[str, Any] = {
         "made_by": f"python -m repvit_sam.train.fixtures -o tests/data/trained --work WORK --device {args.device}",
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu (torch.set_num_threads(1))",
-        "note": "each model's trained_on says where its training ran; the validation figures were computed where this file was written",
+        "note": "each model's trained_on (and each teacher stage's) says where its training ran; the validation figures were "
+                "computed where this file was written (device)",
         "torch": torch.__version__,
         "data": {"train": f"repvit-sam synth images --count {TRAIN_COUNT} --seed 0 (256x256)",
                  "held_out": f"repvit-sam synth images --count {VAL_COUNT} --seed 1 (256x256)"},
         "protocol": "coco-prompt on the held-out set: box = the mask's box, single output; 1 point = the pixel farthest from the "
                     f"boundary, best of 3 by predicted IoU; then {VAL_CLICKS} correction clicks; mIoU as a fraction; area ranges "
                     "(COCO, mask pixels): small < 32^2, medium 32^2..96^2, large >= 96^2",
-        "commands": {"teacher": ["finetune", *finetune], "student_mse": ["distill", "train", *phase1],
+        "teacher_init": None if args.teacher_init is None else {"file": args.teacher_init.name, "sha256": file_sha256(args.teacher_init)},
+        "commands": {"teacher": [["finetune", *o] + (["--checkpoint", "<stage %d's model.pt>" % (k - 1)] if k > 1 else [])
+                                 for k, o in enumerate(stage_options, 1)], "student_mse": ["distill", "train", *phase1],
                      "student": ["distill", "train", *phase2]},
         "models": {},
     }
+    record["teacher_stages"] = []
+    for k in range(len(stage_options)):
+        rj = work / ("teacher" if k == 0 else f"teacher_{k + 1}") / "run.json"
+        info = json.loads(rj.read_text()) if rj.is_file() else {}
+        record["teacher_stages"].append({"stage": k + 1, "trained_on": info.get("device"), "steps": info.get("total_steps"),
+                                         "batch_size": (info.get("recipe") or {}).get("batch_size")})
     for fname, (variant, src) in files.items():
         shutil.copyfile(src, out / fname)
         run_json = {"teacher.pt": teacher_run, "student_mse.pt": work / "student_mse", "student.pt": work / "student_prompt"}[fname] / "run.json"
