@@ -75,9 +75,9 @@ def run_cli(argv, capsys):
 # tiny teacher fine-tuned from random weights and a tiny RepViT student distilled from it.
 # Use them wherever a test needs masks that mean something.
 TRAINED = __import__("pathlib").Path(__file__).parent / "data" / "trained"
-_RECORD = __import__("json").loads((TRAINED / "models.json").read_text())["models"]
-TEACHER_VARIANT = _RECORD["teacher.pt"]["variant"]  # tiny_vit_b_wide
-STUDENT_VARIANT = _RECORD["student.pt"]["variant"]  # tiny_repvit_wide
+_RECORD = __import__("json").loads((TRAINED / "models.json").read_text())["models"] if (TRAINED / "models.json").is_file() else {}
+TEACHER_VARIANT = _RECORD.get("teacher.pt", {}).get("variant", "tiny_vit_b_wide")
+STUDENT_VARIANT = _RECORD.get("student.pt", {}).get("variant", "tiny_repvit_wide")
 
 
 def trained_model(fname: str):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, int8_calibrated_on_scenes, randomize_, run_cli
-from repvit_sam import SamPredictor, build_from_config
+from conftest import STUDENT_VARIANT, TINY, int8_calibrated_on_scenes, randomize_, run_cli
+from repvit_sam import SamPredictor, build_from_config, build_sam
 from repvit_sam.backends import available_backends, prepare_encoder
 from repvit_sam.export.manifest import EMPTY_LABEL, MOBILE_DECODER_INPUTS, MobileModelError, pad_prompt
 from repvit_sam.export.mobile import MobileImageEncoder, MobilePromptDecoder
@@ -45,14 +45,18 @@ def photo():
     return data.astronaut()
 
 
+STUDENT_EMBEDDING = (1, build_sam(STUDENT_VARIANT).prompt_encoder.embed_dim, 16, 16)  # (1, 64, 16, 16)
+
+
 @pytest.fixture(scope="module")
 def model(request):
-    """The trained tiny RepViT student (meaningful masks), or random weights where it is absent."""
+    """The trained tiny RepViT student (``STUDENT_VARIANT``; meaningful masks), or random weights of
+    the same variant where its file is absent."""
     try:
         return request.getfixturevalue("trained_student")
     except (pytest.FixtureLookupError, FileNotFoundError, KeyError):
         torch.manual_seed(0)
-        return randomize_(build_from_config(TINY["repvit"]))
+        return randomize_(build_sam(STUDENT_VARIANT))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def exported(model, tmp_path_factory):
         from repvit_sam.cli import main
 
         folder = root / runtime
-        code = main(["export", runtime, "--model", "tiny_repvit", "--checkpoint", str(ckpt), "--max-points", str(MAX_POINTS), "-o", str(folder)])
+        code = main(["export", runtime, "--model", STUDENT_VARIANT, "--checkpoint", str(ckpt), "--max-points", str(MAX_POINTS), "-o", str(folder)])
         assert code == 0
         out[runtime] = folder
     return out
@@ -96,7 +100,7 @@ def test_fp32_export_matches_eager(exported, model, photo, runtime):
     assert rt.original_size == ref.original_size and rt.input_size == ref.input_size
     emb = ref.get_image_embedding().numpy()
     got = rt.get_image_embedding()
-    assert got.shape == emb.shape == (1, 32, 16, 16)
+    assert got.shape == emb.shape == STUDENT_EMBEDDING
     assert np.linalg.norm(got - emb) / np.linalg.norm(emb) <= 1e-4
     for case in _cases():
         (m_ref, s_ref, l_ref), (m_got, s_got, l_got) = ref.predict(**case), rt.predict(**case)
@@ -117,7 +121,7 @@ def test_metadata_lists_interface_and_hashes(exported, runtime):
     folder = exported[runtime]
     meta = json.loads((folder / "metadata.json").read_text())
     suffix = ".pte" if runtime == "executorch" else ".tflite"
-    assert meta["format"] == f"repvit-sam-{runtime}" and meta["model"] == "tiny_repvit" and meta["quantize"] == "none"
+    assert meta["format"] == f"repvit-sam-{runtime}" and meta["model"] == STUDENT_VARIANT and meta["quantize"] == "none"
     assert meta["files"] == {"encoder": f"encoder{suffix}", "decoder": f"decoder{suffix}"}
     for key, fname in meta["files"].items():
         assert meta["sha256"][key] == hashlib.sha256((folder / fname).read_bytes()).hexdigest()
@@ -131,9 +135,9 @@ def test_tflite_signature_names_and_static_shapes(exported):
     enc = litert_runner(exported["tflite"] / "encoder.tflite")
     dec = litert_runner(exported["tflite"] / "decoder.tflite")
     x = np.zeros((1, 3, 256, 256), np.float32)
-    assert enc(image=x)["image_embeddings"].shape == (1, 32, 16, 16)
+    assert enc(image=x)["image_embeddings"].shape == STUDENT_EMBEDDING
     coords, labels = pad_prompt(np.array([[10.0, 20.0], [0.0, 0.0]]), np.array([1.0, -1.0]), MAX_POINTS)
-    out = dec(image_embeddings=np.zeros((1, 32, 16, 16), np.float32), point_coords=coords, point_labels=labels,
+    out = dec(image_embeddings=np.zeros(STUDENT_EMBEDDING, np.float32), point_coords=coords, point_labels=labels,
               mask_input=np.zeros((1, 1, 64, 64), np.float32), has_mask_input=np.zeros(1, np.float32))
     assert out["iou_predictions"].shape == (1, 4) and out["low_res_masks"].shape == (1, 4, 64, 64)
 
@@ -264,7 +268,7 @@ def test_tflite_fp16_preprocess_encoder(model, photo, tmp_path):
     as the predictor's to fp16 rounding."""
     from repvit_sam.export.tflite import export_tflite
 
-    paths = export_tflite(model, tmp_path, name="tiny_repvit", quantize="fp16", preprocess=True, decoder=False)
+    paths = export_tflite(model, tmp_path, name=STUDENT_VARIANT, quantize="fp16", preprocess=True, decoder=False)
     assert set(paths) == {"encoder", "metadata"}
     meta = json.loads(paths["metadata"].read_text())
     assert meta["quantize"] == "fp16" and meta["encoder_inputs"] == ["image", "image_size"]
@@ -443,7 +447,7 @@ def test_empty_calibration_folder_is_one_line(model, capsys, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), ckpt)
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(["export", "tflite", "--checkpoint", ckpt, "--model", "tiny_repvit", "--quantize", "int8",
+    code, _, err = run_cli(["export", "tflite", "--checkpoint", ckpt, "--model", STUDENT_VARIANT, "--quantize", "int8",
                             "--calibration", tmp_path / "empty", "-o", tmp_path / "out"], capsys)
     assert code == 1 and err.strip().startswith("error: no images (.jpg") and "in calibration folder" in err
     assert len(err.strip().splitlines()) == 1
