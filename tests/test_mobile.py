@@ -400,6 +400,21 @@ def test_litert_int8_encoder_does_not_depend_on_calibration_order(model, tmp_pat
     ba = encoder_model(model, quantize="int8", calibration=calib[::-1], tmp=tmp_path / "ba")
     assert ab == ba
 
+    # the ops XNNPACK takes in float only (INT8_FLOAT_OPS) stay float, so that they are delegated;
+    # the convolutions are int8
+    from ai_edge_litert.interpreter import Interpreter
+
+    from repvit_sam.export.tflite import INT8_FLOAT_OPS
+
+    (tmp_path / "m.tflite").write_bytes(ab)
+    it = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    out_dtype = {}
+    for op in it._get_ops_details():
+        out_dtype.setdefault(op["op_name"], set()).add(dtypes[op["outputs"][0]])
+    assert set(INT8_FLOAT_OPS) <= set(out_dtype) and all(out_dtype[op] == {np.float32} for op in INT8_FLOAT_OPS), out_dtype
+    assert out_dtype["CONV_2D"] == {np.int8} and out_dtype["DEPTHWISE_CONV_2D"] == {np.int8}
+
 
 def test_executorch_int8_tinyvit_with_window_padding_loads(tmp_path):
     """MobileSAM's encoder (TinyViT) pads its feature map to a multiple of the attention

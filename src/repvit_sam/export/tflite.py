@@ -129,14 +129,29 @@ def _fp16(data: bytes, tmp: Path) -> bytes:
     return _requantize(data, tmp, configure)
 
 
+#: Ops the int8 encoder keeps in float between int8 neighbours. XNNPACK's LiteRT delegate takes
+#: no int8 GELU, SQRT or DIV, so each one cut the delegated graph: the fused RepViT-SAM encoder
+#: ran as 114 XNNPACK partitions with TFLite's own kernels between them. As float ops between a
+#: DEQUANTIZE and a QUANTIZE they are delegated (57 partitions) and compute the same values (an
+#: int8 GELU is a table of quantize(gelu(dequantize(x)))): embedding cosine against fp32 0.998421
+#: either way, 0.51x -> 0.43x of fp32's time at 1024^2 in one interleaved run (docs/mobile.md).
+INT8_FLOAT_OPS = ("GELU", "SQRT", "DIV")
+
+
 def _int8(data: bytes, tmp: Path, calibration: List[Dict[str, Any]]) -> bytes:
     """Static int8 (per-channel int8 weights, int8 activations) with ranges from running the
-    float model on ``calibration``: ai-edge-quantizer's ``static_wi8_ai8`` recipe. (litert-torch
-    0.10's own PT2E path fails on this encoder: its layout pass breaks LayerNorm2d's quantised
-    channel mean.)"""
+    float model on ``calibration``: ai-edge-quantizer's ``static_wi8_ai8`` recipe, with the ops of
+    ``INT8_FLOAT_OPS`` left in float. (litert-torch 0.10's own PT2E path fails on this encoder: its
+    layout pass breaks LayerNorm2d's quantised channel mean.)"""
     from ai_edge_quantizer import recipe
 
-    return _requantize(data, tmp, lambda q, _m: q.load_quantization_recipe(recipe.static_wi8_ai8()), calibration)
+    def configure(q: Any, mods: Any) -> None:
+        algorithms, qtyping = mods
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        for op in INT8_FLOAT_OPS:
+            q.update_quantization_recipe(".*", getattr(qtyping.TFLOperationName, op), algorithm_key=algorithms.AlgorithmName.NO_QUANTIZE)
+
+    return _requantize(data, tmp, configure, calibration)
 
 
 def _encoder_inputs(preprocess: bool, example: Tuple[torch.Tensor, ...]) -> Dict[str, torch.Tensor]:
