@@ -75,19 +75,17 @@ def run_cli(argv, capsys):
 # tiny teacher fine-tuned from random weights and a tiny RepViT student distilled from it.
 # Use them wherever a test needs masks that mean something.
 TRAINED = __import__("pathlib").Path(__file__).parent / "data" / "trained"
-_RECORD = __import__("json").loads((TRAINED / "models.json").read_text())["models"] if (TRAINED / "models.json").is_file() else {}
-TEACHER_VARIANT = _RECORD.get("teacher.pt", {}).get("variant", "tiny_vit_b_wide")
-STUDENT_VARIANT = _RECORD.get("student.pt", {}).get("variant", "tiny_repvit_wide")
+# models.json: each file's variant, SHA-256, validation figures and the commands that made it
+TRAINED_RECORD = __import__("json").loads((TRAINED / "models.json").read_text()) if (TRAINED / "models.json").is_file() else {"models": {}}
+TEACHER_VARIANT = TRAINED_RECORD["models"].get("teacher.pt", {}).get("variant", "tiny_vit_b_wide")
+STUDENT_VARIANT = TRAINED_RECORD["models"].get("student.pt", {}).get("variant", "tiny_repvit_wide")
 
 
 def trained_model(fname: str):
     """A committed trained tiny model (``teacher.pt``, ``student_mse.pt``, ``student.pt``), eval mode."""
-    import json
-
     from repvit_sam import build_sam
 
-    info = json.loads((TRAINED / "models.json").read_text())["models"][fname]
-    return build_sam(info["variant"], checkpoint=TRAINED / fname).eval()
+    return build_sam(TRAINED_RECORD["models"][fname]["variant"], checkpoint=TRAINED / fname).eval()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ from repvit_sam.train.data import read_entries
 from repvit_sam.train.validate import coco_records, prompt_validation
 
 from conftest import STUDENT_VARIANT, TEACHER_VARIANT, TRAINED, run_cli, trained_model
-
-RECORD = json.loads((TRAINED / "models.json").read_text())
+from conftest import TRAINED_RECORD as RECORD
 CLICKS = 2
 
 

@@ -144,9 +144,7 @@ VARIANTS: dict[str, SamConfig] = {
     ),
 }
 
-# Test-size variants: the module types of the official ones, 256-pixel inputs, 16x16x32
-# embeddings, about 100x cheaper. Tests, smoke runs and the models trained on synthetic data
-# (tests/data) use them; every command accepts them by name.
+
 def _tiny_repvit(c1: int, c2: int, c3: int, c4: int, out_chans: int) -> RepViTConfig:
     """A 7-block RepViT for 256-pixel inputs: widths c1 (stem and stage 1), c2, c3, c4; SE on
     blocks 1, 4 and 7; downsampling at blocks 3 and 5 (16 x 16 embeddings)."""
@@ -154,6 +152,9 @@ def _tiny_repvit(c1: int, c2: int, c3: int, c4: int, out_chans: int) -> RepViTCo
     return RepViTConfig(blocks=tuple(RepViTBlockCfg(*b) for b in blocks), stem_channels=c1, out_chans=out_chans, img_size=256)
 
 
+# Test-size variants: the module types of the official ones, 256-pixel inputs, 16x16x32
+# embeddings, about 100x cheaper. Tests, smoke runs and the models trained on synthetic data
+# (tests/data) use them; every command accepts them by name.
 TINY_DECODER = PromptDecoderConfig(
     embed_dim=32, image_embedding_size=16, mask_in_chans=8, transformer_heads=2,
     transformer_mlp_dim=64, iou_head_hidden_dim=32,

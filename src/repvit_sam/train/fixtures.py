@@ -59,6 +59,11 @@ def _teacher_stages(first: List[str], count: int, smoke: bool) -> List[List[str]
     return stages
 
 
+def _teacher_run(work: Path, k: int) -> Path:
+    """The run folder of teacher stage ``k`` (0-based): WORK/teacher, WORK/teacher_2, ..."""
+    return work / ("teacher" if k == 0 else f"teacher_{k + 1}")
+
+
 def _cli(argv: List[Any]) -> None:
     from ..cli import main
 
@@ -151,10 +156,10 @@ def main(argv: List[str] | None = None) -> int:
 
     stage_options = _teacher_stages(finetune, args.teacher_stages, args.smoke)
     for k, options in enumerate(stage_options):
-        teacher_run = work / ("teacher" if k == 0 else f"teacher_{k + 1}")
+        teacher_run = _teacher_run(work, k)
         if not (teacher_run / "model.pt").is_file():
             resume = ["--resume"] if (teacher_run / "checkpoints" / "last.pt").is_file() else []
-            init = ["--checkpoint", work / ("teacher" if k == 1 else f"teacher_{k}") / "model.pt"] if k > 0 and not resume else []
+            init = ["--checkpoint", _teacher_run(work, k - 1) / "model.pt"] if k > 0 and not resume else []
             _cli(["finetune", "--data", train / "annotations.json", "--images", train / "images", "--model", TEACHER,
                   "-o", teacher_run, "--val-data", val / "annotations.json", "--val-images", val / "images", *options, *init,
                   *dev, *resume])
@@ -201,7 +206,7 @@ def main(argv: List[str] | None = None) -> int:
     }
     record["teacher_stages"] = []
     for k in range(len(stage_options)):
-        rj = work / ("teacher" if k == 0 else f"teacher_{k + 1}") / "run.json"
+        rj = _teacher_run(work, k) / "run.json"
         info = json.loads(rj.read_text()) if rj.is_file() else {}
         record["teacher_stages"].append({"stage": k + 1, "trained_on": info.get("device"), "steps": info.get("total_steps"),
                                          "batch_size": (info.get("recipe") or {}).get("batch_size")})
