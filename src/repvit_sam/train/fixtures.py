@@ -53,8 +53,9 @@ def _teacher_stages(first: List[str], count: int, smoke: bool) -> List[List[str]
         opts = list(first) if k == 0 else list(FINETUNE)
         for name, value in zip(overrides[::2], overrides[1::2]):
             opts[opts.index(name) + 1] = value
-        if smoke:
+        if smoke:  # a few steps, at a batch the smoke run's 24 images hold
             opts[opts.index("--steps") + 1] = "3"
+            opts[opts.index("--batch-size") + 1] = first[first.index("--batch-size") + 1]
         stages.append(opts)
     return stages
 
