@@ -176,3 +176,30 @@ def test_fast_decoder_reuses_its_workspace_and_is_thread_safe(model):
 
 
 # --------------------------------------------------------------------------- same decoder behind both paths
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_fast_decoder_many_token_prompts_match(full_decoder_model, with_mask):
+    """Prompts of many points (SAM-PT's second pass: 41 points) take the plain per-prompt route
+    (pixel-side projections, the convolution of the final keys) and still equal MaskDecoder."""
+    m = full_decoder_model
+    pe, md = m.prompt_encoder, m.mask_decoder
+    g = torch.Generator().manual_seed(6)
+    emb = torch.randn(1, 256, 64, 64, generator=g)
+    coords = torch.rand(3, 41, 2, generator=g) * m.img_size
+    labels = (torch.arange(41) < 8).int().expand(3, 41)
+    masks_in = torch.randn(3, 1, *pe.mask_input_size, generator=g) if with_mask else None
+    fast = FastDecoder(m)
+    fast.set_image(emb)
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=None, masks=masks_in)
+        t2i = md.transformer.layers[0].cross_attn_token_to_image
+        assert t2i.num_heads * (sparse.shape[1] + 4) > t2i.internal_dim  # the plain route is taken
+        ref, ref_iou = md(emb, pe.get_dense_pe(), sparse, dense, False)
+        got, got_iou = fast(sparse, dense if with_mask else None, multimask_output=False)
+        state = fast.tokens(sparse, dense if with_mask else None, mask_index=[0])
+        assert state.scale is None and state.factors.shape[1] == 257  # final keys and a row of ones
+        staged = fast.masks(state.select(torch.tensor([2])))
+    assert float((got - ref).norm() / ref.norm()) < 1e-5
+    torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(staged, got[2:], atol=1e-5, rtol=1e-5)

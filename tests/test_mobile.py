@@ -300,7 +300,10 @@ def test_litert_backend_matches_eager(model, tmp_path):
         out, ref = encode(x), model.image_encoder(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert float((out - ref).norm() / ref.norm()) <= 1e-5
-    assert len(list(tmp_path.glob("encoder-*-litert.tflite"))) == 1
+    from repvit_sam.export.tflite import EXPORT_REVISION
+
+    # one file, named for the exporter's revision so that an older version's export is not reused
+    assert len(list(tmp_path.glob(f"encoder-*-litert-r{EXPORT_REVISION}.tflite"))) == 1
     with pytest.raises(ValueError, match=r"expects a \(B, 3, H, W\) image tensor"):
         encode(torch.zeros(1, 4, 256, 256))
 

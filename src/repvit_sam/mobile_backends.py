@@ -82,7 +82,7 @@ class MobileEncoder:
         from .utils import atomic_write
 
         shape = (1, 3, *hw)
-        name = f"encoder-{_fingerprint(self.encoder, shape)}-{self.runtime}"
+        name = f"encoder-{_fingerprint(self.encoder, shape)}-{self.runtime}-r{export_revision(self.runtime)}"
         calib: List[torch.Tensor] = []
         if self.quantize:
             calib = self._calibration(hw)
@@ -117,6 +117,15 @@ class MobileEncoder:
         from .backends import run_per_image
 
         return run_per_image(self.backend, self.runner, x)
+
+
+def export_revision(runtime: str) -> int:
+    """The exporter's ``EXPORT_REVISION`` for ``runtime`` (part of cached files' names)."""
+    if runtime == "executorch":
+        from .export import executorch as module
+    else:
+        from .export import tflite as module  # type: ignore[no-redef]
+    return int(module.EXPORT_REVISION)
 
 
 def load_runner(path: os.PathLike, runtime: str, threads: Optional[int] = None) -> Runner:

@@ -38,6 +38,10 @@ ENCODER_FILE = "encoder.tflite"
 DECODER_FILE = "decoder.tflite"
 QUANTIZE = (None, "fp16", "int8")
 MOBILE_EXTRA = "mobile"
+# Bumped whenever the same model and calibration would export to a different file, so that files
+# cached by an older version (mobile_backends, --cache-dir) are not reused: 2 = int8 GELU, SQRT
+# and DIV kept float (INT8_FLOAT_OPS).
+EXPORT_REVISION = 2
 
 
 class _Named(nn.Module):

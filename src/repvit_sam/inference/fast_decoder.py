@@ -33,6 +33,15 @@ fresh memory for its large intermediates:
 * **Large intermediates live in reused buffers** (a workspace per decoder, used by one thread
   at a time; a concurrent call allocates its own). Freshly allocated blocks of many MiB are
   page-faulted in on every use, which cost more than the arithmetic of some steps here.
+* **Prompts with many tokens take the plain route.** The two rearrangements above pay while a
+  prompt has few tokens: with T tokens and h heads, a token-side product costs 4096 x 256 x hT
+  against the pixel-side projection's 4096 x 256 x 128 (SAM: h = 8, so T < 16), and the
+  unrolled convolution has rank about 2hT against the keys' 256 channels. A prompt of many
+  points (SAM-PT's second pass: 8 positives, 1 negative and the other objects' points, about
+  46 tokens) would cost about three times the plain decoder's arithmetic, so above that size
+  the per-prompt layers project the pixels as ``MaskDecoder`` does and the first convolution
+  is applied to the final keys themselves (the shared first layer is still used when there is
+  no mask prompt).
 * Work is split into the two stages ``tokens`` (transformer, IoU scores: cheap) and
   ``masks`` (upscaling: the larger half), so a caller can skip the masks of prompts it is going
   to discard anyway (the automatic mask generator drops masks whose predicted IoU is too low).
@@ -78,16 +87,17 @@ class TokenState:
 
     factors: torch.Tensor  # (B, R, HW): per-pixel weights of the low-rank terms
     right: torch.Tensor  # (B, R, 4 * C1): their rows in the convolution's output space
-    scale: torch.Tensor  # (B, HW, 1): per-pixel scale of ``base``
-    base: torch.Tensor  # (1 or B, HW, 4 * C1): first-layer keys through the convolution
+    scale: Optional[torch.Tensor]  # (B, HW, 1): per-pixel scale of ``base`` (None: no base term)
+    base: Optional[torch.Tensor]  # (1 or B, HW, 4 * C1): first-layer keys through the convolution
     mask_tokens: torch.Tensor  # (B, len(mask_index), C): the finished mask tokens
     iou_pred: torch.Tensor  # (B, num_mask_tokens) predicted IoU of every mask token
     mask_index: Tuple[int, ...]  # which mask tokens ``mask_tokens`` holds
 
     def select(self, idx: "torch.Tensor | slice") -> "TokenState":
         """The prompts ``idx`` (an index tensor, or a slice: then views, no copy)."""
-        base = self.base if self.base.shape[0] == 1 else self.base[idx]
-        return TokenState(self.factors[idx], self.right[idx], self.scale[idx], base, self.mask_tokens[idx],
+        base = self.base if self.base is None or self.base.shape[0] == 1 else self.base[idx]
+        scale = None if self.scale is None else self.scale[idx]
+        return TokenState(self.factors[idx], self.right[idx], scale, base, self.mask_tokens[idx],
                           self.iou_pred[idx], self.mask_index)
 
     def __len__(self) -> int:
@@ -132,6 +142,19 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
 def _split(weight: torch.Tensor, h: int) -> torch.Tensor:
     """A projection weight (h*d, C) -> (h, d, C)."""
     return weight.view(h, weight.shape[0] // h, weight.shape[1])
+
+
+def _attention(a: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``a(q, k, v)`` (SAM's Attention) through PyTorch's fused attention kernel, which neither
+    materialises nor rescales the (B, h, Nq, Nk) weights; ``q`` may have batch 1."""
+    h = a.num_heads
+    qh = _heads(a.q_proj(q), h).transpose(1, 2)  # (B, h, Nq, d)
+    kh = _heads(a.k_proj(k), h).transpose(1, 2)
+    vh = _heads(a.v_proj(v), h).transpose(1, 2)
+    if qh.shape[0] != kh.shape[0]:
+        qh = qh.expand(kh.shape[0], -1, -1, -1)
+    out = nn.functional.scaled_dot_product_attention(qh, kh, vh)  # (B, h, Nq, d)
+    return a.out_proj(out.transpose(1, 2).flatten(2))
 
 
 def _softmax(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
@@ -192,6 +215,8 @@ class FastDecoder:
         self._m: List[torch.Tensor] = []  # M_l, first layer first
         consts: List[torch.Tensor] = []  # b_l N_l, first layer first; the last one adds the conv bias
         conv_bias = ct1.bias.float().repeat(4)
+        # the plain convolution, for the final keys of many-token prompts: rows W1, then the bias
+        self._w1b = torch.cat([w1, conv_bias[None]]).to(dt)  # (C + 1, 4*C1)
         for layer in reversed(self.transformer.layers):
             norm = layer.norm4
             consts.insert(0, norm.bias.float() @ n + (conv_bias if not consts else 0.0))
@@ -328,6 +353,9 @@ class FastDecoder:
             kpe = keys + key_pe
             base = keys @ self._m[0]  # (B, HW, 4*C1)
         n_layers = len(tr.layers)
+        t2i0 = tr.layers[0].cross_attn_token_to_image
+        # many tokens: project the pixels, as MaskDecoder does (module docstring)
+        plain = t2i0.num_heads * tokens.shape[1] > t2i0.internal_dim
         # two buffers for the keys before / after each norm (in turns), one for keys + pe
         k_bufs = [buf(name, (b, hw, c), dt) for name in ("keys0", "keys1")]
         kpe_buf = buf("kpe", (b, hw, c), dt)
@@ -335,10 +363,25 @@ class FastDecoder:
         for i, layer in enumerate(tr.layers):
             first = shared and i == 0
             queries = layer.token_self_attention(queries, query_pe)
-            attn = self._t2i(layer.cross_attn_token_to_image, queries + query_pe, kpe, keys, (k_t, v) if first else None, buf)
+            t2i = layer.cross_attn_token_to_image
+            if plain and not first:
+                attn = _attention(t2i, queries + query_pe, kpe, keys)
+            else:
+                attn = self._t2i(t2i, queries + query_pe, kpe, keys, (k_t, v) if first else None, buf)
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
             i2t = layer.cross_attn_image_to_token
+            if plain:
+                update = _attention(i2t, kpe, queries + query_pe, queries)  # (B, HW, C)
+                x = torch.add(keys, update, out=k_bufs[1] if keys is k_bufs[0] else k_bufs[0])
+                keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
+                norm = layer.norm4
+                torch.ops.aten.native_layer_norm.out(
+                    x, (c,), norm.weight, norm.bias, norm.eps, out0=keys, out1=buf("mean", (b, hw, 1), dt),
+                    out2=buf("rstd0", (b, hw, 1), dt),
+                )
+                kpe = torch.add(keys, key_pe, out=kpe_buf)
+                continue
             a = buf(f"a{i}", (b, i2t.num_heads * tokens.shape[1], hw), dt)
             vo = self._i2t(i2t, kpe, queries + query_pe, queries, q_t if first else None, a, buf)
             if any(keys is k for k in k_bufs):  # the keys' update, in place
@@ -360,6 +403,13 @@ class FastDecoder:
         attn = self._t2i(tr.final_attn_token_to_image, queries + query_pe, kpe, keys, None, buf)
         queries = tr.norm_final_attn(queries + attn)
         iou = dec.iou_prediction_head(queries[:, 0, :])
+        if plain:  # the convolution of the final keys: factors = [keys^T; 1], right = [W1; bias]
+            factors_shape = (b, c + 1, hw)
+            factors = buf("factors", factors_shape, dt) if scratch else torch.empty(factors_shape, dtype=dt, device=sparse.device)
+            factors[:, :c].copy_(keys.transpose(1, 2))
+            factors[:, c] = 1.0
+            right = self._w1b[None].expand(b, -1, -1)
+            return TokenState(factors, right, None, None, queries[:, 1:, :], iou.float(), index)
 
         # The first convolution of the final keys (module docstring): with s_l the product of
         # r_l .. r_L, it is s_1 * base + sum_l s_l A_l^T (V_l M_l) + sum_{l<L} s_{l+1} b_l M_{l+1}
@@ -411,7 +461,8 @@ class FastDecoder:
         rows = out.view(b, k, h, 2, 2, 4 * w)  # (i, a, c, (j, b, d))
         ln, half = self._ln, 2 * c2
         z = torch.bmm(state.factors.transpose(1, 2), state.right, out=buf("z", (b, hw, 4 * co), dt))
-        z.addcmul_(state.scale, state.base)  # convT1 of the final keys, (B, HW, 4*C1)
+        if state.scale is not None:
+            z.addcmul_(state.scale, state.base)  # convT1 of the final keys, (B, HW, 4*C1)
         # LayerNorm + GELU per (pixel, convT1 offset), written with rows reordered from
         # (i, j, a, b) to (i, a, j, b): then each output row 4i+2a+c is a run of rows here
         x = buf("u", (b, h, 2, w, 2, co), dt)
