@@ -203,3 +203,53 @@ def test_fast_decoder_many_token_prompts_match(full_decoder_model, with_mask):
     assert float((got - ref).norm() / ref.norm()) < 1e-5
     torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(staged, got[2:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_points", [1, 41])
+def test_fast_decoder_mask_input_low_rank_matches(model, full_decoder_model, n_points):
+    """Mask prompts passed as ``mask_input`` use their low-rank form (SAM's mask path ends in a
+    1x1 convolution of 16 channels: the shared first layer plus rank-17 terms) on SAM's decoder;
+    the tiny decoders (8 channels against 32) fall back to the dense form. Both equal
+    MaskDecoder, with one mask per prompt or one for all, through __call__ and the stages."""
+    for m in (full_decoder_model, model):
+        pe, md = m.prompt_encoder, m.mask_decoder
+        g = torch.Generator().manual_seed(7)
+        emb = torch.randn(1, md.transformer_dim, *pe.image_embedding_size, generator=g)
+        coords = torch.rand(3, n_points, 2, generator=g) * m.img_size
+        labels = (torch.arange(n_points) < max(1, n_points // 5)).int().expand(3, n_points)
+        boxes = torch.sort(torch.rand(3, 2, 2, generator=g) * m.img_size, dim=1).values.flatten(1)
+        fast = FastDecoder(m)
+        fast.set_image(emb)
+        assert (fast._mask_u is not None) == (m is full_decoder_model)
+        for masks_in in (torch.randn(3, 1, *pe.mask_input_size, generator=g) * 4, torch.randn(1, 1, *pe.mask_input_size, generator=g)):
+            with torch.no_grad():
+                sparse, dense = pe(points=(coords, labels), boxes=boxes, masks=masks_in)
+                for multimask in (True, False):
+                    ref, ref_iou = md(emb, pe.get_dense_pe(), sparse, dense, multimask)
+                    got, got_iou = fast(sparse, multimask_output=multimask, mask_input=masks_in)
+                    assert float((got - ref).norm() / ref.norm()) < 1e-5
+                    torch.testing.assert_close(got_iou, ref_iou, atol=1e-4, rtol=1e-4)
+                staged = fast.masks(fast.tokens(sparse, mask_index=[0], mask_input=masks_in))
+                assert float((staged - ref).norm() / ref.norm()) < 1e-5  # ref: the single-mask output
+    with pytest.raises(ValueError, match="not both"):
+        fast(sparse, dense, mask_input=masks_in)
+    with pytest.raises(ValueError, match=r"mask_input must be \(3, 1, 64, 64\) low-res logits"):
+        fast(sparse, mask_input=torch.zeros(2, 1, 64, 64))
+
+
+def test_fast_decoder_mask_input_bf16_close(full_decoder_model):
+    m = full_decoder_model
+    pe, md = m.prompt_encoder, m.mask_decoder
+    g = torch.Generator().manual_seed(8)
+    emb = torch.randn(1, 256, 64, 64, generator=g)
+    coords, labels, boxes = _prompts(m, 4, with_box=True, seed=3)
+    masks_in = torch.randn(4, 1, 256, 256, generator=g) * 4
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=boxes, masks=masks_in)
+        ref, _ = md(emb, pe.get_dense_pe(), sparse, dense, False)
+    fast = FastDecoder(m, dtype=torch.bfloat16)
+    fast.set_image(emb)
+    got, _ = fast(sparse, multimask_output=False, mask_input=masks_in)
+    rel = float((got - ref).norm() / ref.norm())
+    assert 1e-6 < rel < 0.05
+    assert float(((got > 0) == (ref > 0)).float().mean()) > 0.97

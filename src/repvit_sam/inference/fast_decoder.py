@@ -33,6 +33,13 @@ fresh memory for its large intermediates:
 * **Large intermediates live in reused buffers** (a workspace per decoder, used by one thread
   at a time; a concurrent call allocates its own). Freshly allocated blocks of many MiB are
   page-faulted in on every use, which cost more than the arithmetic of some steps here.
+* **A mask prompt is a rank-17 change of the shared first keys.** SAM's mask path ends in a
+  1x1 convolution from 16 channels, so a mask prompt's dense embedding is ``W_d F + b_d`` per
+  pixel, and its first keys are the no-mask keys plus ``G U`` (``G = [F, 1]``, 17 columns per
+  pixel; ``U = [W_d^T; b_d - no_mask]``). The shared first-layer projections and the unrolled
+  convolution therefore still apply, each plus a product with the 17 columns of ``G``, instead
+  of a 4096 x 256 x 256 product per prompt (pass the logits as ``mask_input``; a ``dense``
+  embedding from the prompt encoder takes the general route).
 * **Prompts with many tokens take the plain route.** The two rearrangements above pay while a
   prompt has few tokens: with T tokens and h heads, a token-side product costs 4096 x 256 x hT
   against the pixel-side projection's 4096 x 256 x 128 (SAM: h = 8, so T < 16), and the
@@ -144,11 +151,13 @@ def _split(weight: torch.Tensor, h: int) -> torch.Tensor:
     return weight.view(h, weight.shape[0] // h, weight.shape[1])
 
 
-def _attention(a: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _attention(a: nn.Module, q: Optional[torch.Tensor], k: torch.Tensor, v: torch.Tensor,
+               q_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``a(q, k, v)`` (SAM's Attention) through PyTorch's fused attention kernel, which neither
-    materialises nor rescales the (B, h, Nq, Nk) weights; ``q`` may have batch 1."""
+    materialises nor rescales the (B, h, Nq, Nk) weights; ``q`` may have batch 1. ``q_proj``:
+    ``a.q_proj(q)`` already computed (then ``q`` is not read)."""
     h = a.num_heads
-    qh = _heads(a.q_proj(q), h).transpose(1, 2)  # (B, h, Nq, d)
+    qh = _heads(a.q_proj(q) if q_proj is None else q_proj, h).transpose(1, 2)  # (B, h, Nq, d)
     kh = _heads(a.k_proj(k), h).transpose(1, 2)
     vh = _heads(a.v_proj(v), h).transpose(1, 2)
     if qh.shape[0] != kh.shape[0]:
@@ -169,8 +178,9 @@ class FastDecoder:
     >>> sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     >>> logits, iou = dec(sparse, multimask_output=True)   # (B, 3, 256, 256), (B, 3)
 
-    ``dense`` is only needed for mask prompts (pass ``dense`` from the prompt encoder); without
-    it the shared first-layer work is used. The model's weights are read (at each ``set_image``),
+    Mask prompts: pass their low-res logits as ``mask_input`` (B or 1, 1, 4h, 4w) (or the
+    prompt encoder's ``dense``, which takes the slower general route); without either the
+    no-mask embedding is used. The model's weights are read (at each ``set_image``),
     never modified; with ``dtype=torch.bfloat16`` the decoder runs on a bfloat16 copy of them
     taken at construction. Safe to call from several threads.
     """
@@ -254,17 +264,59 @@ class FastDecoder:
         h = t2i.num_heads
         k_t = _heads(t2i.k_proj(kpe), h)[0].permute(1, 2, 0).contiguous()  # (h, d, HW)
         v = _heads(t2i.v_proj(keys), h)[0].transpose(0, 1).contiguous()  # (h, HW, d)
-        q_t = _heads(i2t.q_proj(kpe), i2t.num_heads)[0].permute(1, 2, 0).contiguous()  # (h, d, HW)
+        q_proj = i2t.q_proj(kpe)  # (1, HW, h*d)
+        q_t = _heads(q_proj, i2t.num_heads)[0].permute(1, 2, 0).contiguous()  # (h, d, HW)
         self._shared = (keys, kpe, k_t, v, q_t)
+        self._q_proj = q_proj
+        self._mask_matrices()
+
+    def _mask_matrices(self) -> None:
+        """A mask prompt's dense embedding is the 1x1 convolution ``W_d F + b_d`` of the mask
+        features ``F`` (r = 16 channels in SAM): the first keys are the shared no-mask keys plus
+        ``G U`` with ``G = [F, 1]`` (HW, r + 1) per prompt and ``U = [W_d^T; b_d - no_mask]``.
+        Every linear map of them is the shared map plus a rank r + 1 term: here ``U`` through the
+        first layer's key, value and query projections and through the unrolled convolution
+        (``None`` when the prompt encoder's mask path does not end in such a convolution)."""
+        self._mask_u: Optional[Tuple[torch.Tensor, ...]] = None
+        pe_module = self.model.prompt_encoder
+        last = pe_module.mask_downscaling[-1]
+        c = self._embedding.shape[-1]
+        if not (isinstance(last, nn.Conv2d) and tuple(last.kernel_size) == (1, 1) and last.bias is not None
+                and last.groups == 1 and 4 * (last.in_channels + 1) <= c):
+            return
+        dt = self.dtype
+        u = torch.cat([last.weight[:, :, 0, 0].t().float(),
+                       (last.bias.float() - pe_module.no_mask_embed.weight.reshape(-1).float())[None]])  # (r+1, C)
+        layer = self.transformer.layers[0]
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        h = t2i.num_heads
+        pk = (t2i.k_proj.weight.float() @ u.t()).to(dt)  # (h*d, r+1)
+        pv = (t2i.v_proj.weight.float() @ u.t()).to(dt)
+        pq = (i2t.q_proj.weight.float() @ u.t()).to(dt)
+        um0 = (u @ self._m[0].float()).to(dt)  # (r+1, 4*C1)
+        self._mask_u = (u.to(dt), pk, pv, pq, _split(pk, h), _split(pv, h), _split(pq, i2t.num_heads), um0)
+
+    def mask_features(self, mask_input: torch.Tensor) -> Optional[torch.Tensor]:
+        """``G = [F, 1]`` (B, HW, r + 1) for mask prompts (B, 1, 4h, 4w) (see ``_mask_matrices``),
+        or None where the mask path has no such form (then pass the prompt encoder's ``dense``)."""
+        self._require_image()
+        if self._mask_u is None:
+            return None
+        f = self.model.prompt_encoder.mask_downscaling[:-1](mask_input)  # (B, r, h, w)
+        g = torch.cat([f.flatten(2).transpose(1, 2), f.new_ones(f.shape[0], f.shape[2] * f.shape[3], 1)], dim=2)
+        return g.to(self.dtype)
 
     # ------------------------------------------------------------------ attention forms
     @staticmethod
     def _t2i(
         a: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch.Tensor,
         shared: Optional[Tuple[torch.Tensor, torch.Tensor]], buf: Buffers,
+        low: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Token -> image attention. ``shared``: the batch-independent projected keys (h, d, HW)
-        and values (h, HW, d); else the projections move to the tokens (keys (B, HW, C))."""
+        and values (h, HW, d), plus, for mask prompts, ``low``: their per-prompt rank r + 1
+        terms (``G`` (B, HW, r+1), key and value maps (h, d, r+1)); else the projections move
+        to the tokens (keys (B, HW, C))."""
         h = a.num_heads
         qh = _heads(a.q_proj(q), h)  # (B, N, h, d)
         b, n, _, d = qh.shape
@@ -274,8 +326,16 @@ class FastDecoder:
             k_t, v = shared
             qh = qh.permute(2, 0, 1, 3).reshape(h, b * n, d)
             logits = torch.bmm(qh, k_t, out=buf("logits", (h, b * n, hw), dt))
+            if low is not None:  # + (q W_k U^T) G^T per prompt
+                g, pk, _ = low
+                g_t = g.transpose(1, 2)[None]  # (1, B, r+1, HW)
+                logits.view(h, b, n, hw).add_(torch.bmm(qh, pk).view(h, b, n, -1) @ g_t)
             attn = _softmax(logits, -1, buf("attn", (h, b * n, hw), dt))
-            out = torch.bmm(attn, v).view(h, b, n, d).permute(1, 2, 0, 3)  # (B, N, h, d)
+            out = torch.bmm(attn, v).view(h, b, n, d)
+            if low is not None:  # + (attn G) (W_v U^T)^T per prompt
+                g, _, pv = low
+                out = out + (attn.view(h, b, n, hw) @ g[None]) @ pv.transpose(1, 2)[:, None]
+            out = out.permute(1, 2, 0, 3)  # (B, N, h, d)
         else:
             qk = torch.einsum("bnhd,hdc->bhnc", qh, _split(a.k_proj.weight, h)).reshape(b, h * n, -1)
             logits = torch.bmm(qk, kpe.transpose(1, 2), out=buf("logits", (b, h * n, hw), dt))  # k bias cancels
@@ -287,7 +347,7 @@ class FastDecoder:
     @staticmethod
     def _i2t(
         a: nn.Module, kpe: torch.Tensor, tk: torch.Tensor, tv: torch.Tensor, q_t: Optional[torch.Tensor],
-        attn_out: torch.Tensor, buf: Buffers,
+        attn_out: torch.Tensor, buf: Buffers, low: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Image -> token attention: pixels (B or 1, HW, C) query the tokens. ``q_t``: shared
         projected pixel queries (h, d, HW), or None (then the query projection moves to the
@@ -301,7 +361,11 @@ class FastDecoder:
         kh = kh * (1.0 / math.sqrt(d))
         hw, dt = kpe.shape[1], tk.dtype
         if q_t is not None:  # heads first: one product per head with its shared queries
-            logits = torch.bmm(kh.permute(2, 0, 1, 3).reshape(h, b * n, d), q_t, out=buf("logits", (h, b * n, hw), dt))
+            kh_t = kh.permute(2, 0, 1, 3).reshape(h, b * n, d)
+            logits = torch.bmm(kh_t, q_t, out=buf("logits", (h, b * n, hw), dt))
+            if low is not None:  # + (k W_q U^T) G^T per prompt (mask prompts, see _mask_matrices)
+                g, pq = low
+                logits.view(h, b, n, hw).add_(torch.bmm(kh_t, pq).view(h, b, n, -1) @ g.transpose(1, 2)[None])
             logits = logits.view(h, b, n, hw).transpose(0, 1)  # (B, h, N, HW), a view
         else:
             m = torch.einsum("bnhd,hdc->bhnc", kh, _split(a.q_proj.weight, h)).reshape(b, h * n, -1)  # (B, h*N, C)
@@ -318,10 +382,13 @@ class FastDecoder:
 
     @torch.no_grad()
     def tokens(
-        self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, mask_index: Optional[Sequence[int]] = None
+        self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, mask_index: Optional[Sequence[int]] = None,
+        mask_input: Optional[torch.Tensor] = None,
     ) -> TokenState:
         """Run the two-way transformer and the IoU head for B prompts: sparse (B, N, C) prompt
-        embeddings; dense (B, C, h, w) only for mask prompts (else the no-mask embedding).
+        embeddings; for mask prompts either ``mask_input`` (B, 1, 4h, 4w) logits (preferred:
+        the mask's low-rank form is used, see ``_mask_matrices``) or the prompt encoder's
+        ``dense`` (B, C, h, w); with neither, the no-mask embedding.
         ``mask_index``: the mask tokens ``masks`` will be asked for (default: all); the final
         attention, whose queries do not interact, runs only for them and the IoU token."""
         self._require_image()
@@ -329,14 +396,36 @@ class FastDecoder:
         index = tuple(range(n_masks)) if mask_index is None else tuple(int(i) for i in mask_index)
         if not index or any(not 0 <= i < n_masks for i in index):
             raise ValueError(f"mask_index must name mask tokens in 0..{n_masks - 1}, got {list(index)}")
+        dense, feats = self._mask_prompt(sparse, dense, mask_input)
         with self._ws.claim(sparse.device) as buf:
-            return self._tokens(sparse, dense, index, buf, scratch=False)
+            return self._tokens(sparse, dense, index, buf, scratch=False, feats=feats)
+
+    def _mask_prompt(
+        self, sparse: torch.Tensor, dense: Optional[torch.Tensor], mask_input: Optional[torch.Tensor]
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(dense, low-rank mask features) for the transformer from the caller's mask prompt."""
+        if mask_input is None:
+            return dense, None
+        if dense is not None:
+            raise ValueError("pass a mask prompt as mask_input or as dense, not both")
+        h, w = self._hw
+        b = sparse.shape[0]
+        if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, 4 * h, 4 * w) or mask_input.shape[0] not in (1, b):
+            raise ValueError(f"mask_input must be ({b}, 1, {4 * h}, {4 * w}) low-res logits (one per prompt, or one "
+                             f"for all), got {tuple(mask_input.shape)}")
+        mask_input = mask_input.expand(b, -1, -1, -1)
+        feats = self.mask_features(mask_input)
+        if feats is None:
+            return self.model.prompt_encoder.mask_downscaling(mask_input), None
+        return None, feats
 
     def _tokens(
-        self, sparse: torch.Tensor, dense: Optional[torch.Tensor], index: Tuple[int, ...], buf: Buffers, scratch: bool
+        self, sparse: torch.Tensor, dense: Optional[torch.Tensor], index: Tuple[int, ...], buf: Buffers, scratch: bool,
+        feats: Optional[torch.Tensor] = None,
     ) -> TokenState:
         """``scratch``: the state's large tensors may live in the workspace (the caller uses the
-        state before its next call on this workspace)."""
+        state before its next call on this workspace). ``feats``: mask prompts in low-rank form
+        (``mask_features``; then ``dense`` is None)."""
         dec, tr, dt = self.decoder, self.transformer, self.dtype
         b = sparse.shape[0]
         _, hw, c = self._embedding.shape
@@ -345,6 +434,10 @@ class FastDecoder:
         key_pe = self._key_pe
         queries, query_pe = tokens, tokens
         shared = dense is None
+        low = None
+        if feats is not None:  # mask prompts: the shared first layer plus rank r + 1 terms
+            u, pk, pv, pq, pk_h, pv_h, pq_h, um0 = self._mask_u
+            low = feats  # (B, HW, r+1)
         if shared:
             keys, kpe, k_t, v, q_t = self._shared
             base = self._base
@@ -367,13 +460,19 @@ class FastDecoder:
             if plain and not first:
                 attn = _attention(t2i, queries + query_pe, kpe, keys)
             else:
-                attn = self._t2i(t2i, queries + query_pe, kpe, keys, (k_t, v) if first else None, buf)
+                attn = self._t2i(t2i, queries + query_pe, kpe, keys, (k_t, v) if first else None, buf,
+                                 (low, pk_h, pv_h) if first and low is not None else None)
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
             i2t = layer.cross_attn_image_to_token
             if plain:
-                update = _attention(i2t, kpe, queries + query_pe, queries)  # (B, HW, C)
+                if first and low is not None:  # shared pixel queries + the mask prompts' terms
+                    update = _attention(i2t, None, queries + query_pe, queries, q_proj=torch.baddbmm(self._q_proj, low, pq.t()[None].expand(b, -1, -1)))
+                else:
+                    update = _attention(i2t, kpe, queries + query_pe, queries)  # (B, HW, C)
                 x = torch.add(keys, update, out=k_bufs[1] if keys is k_bufs[0] else k_bufs[0])
+                if first and low is not None:
+                    x.baddbmm_(low, u[None].expand(b, -1, -1))  # the first keys' G U
                 keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
                 norm = layer.norm4
                 torch.ops.aten.native_layer_norm.out(
@@ -383,11 +482,14 @@ class FastDecoder:
                 kpe = torch.add(keys, key_pe, out=kpe_buf)
                 continue
             a = buf(f"a{i}", (b, i2t.num_heads * tokens.shape[1], hw), dt)
-            vo = self._i2t(i2t, kpe, queries + query_pe, queries, q_t if first else None, a, buf)
+            vo = self._i2t(i2t, kpe, queries + query_pe, queries, q_t if first else None, a, buf,
+                           (low, pq_h) if first and low is not None else None)
             if any(keys is k for k in k_bufs):  # the keys' update, in place
                 x = keys.baddbmm_(a.transpose(1, 2), vo)
             else:  # the first keys: shared, or the caller's
                 x = torch.baddbmm(keys, a.transpose(1, 2), vo, out=k_bufs[0])
+                if first and low is not None:
+                    x.baddbmm_(low, u[None].expand(b, -1, -1))  # the first keys' G U
             norm = layer.norm4
             keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
             rstd = buf(f"rstd{i}", (b, hw, 1), dt)
@@ -415,7 +517,8 @@ class FastDecoder:
         # r_l .. r_L, it is s_1 * base + sum_l s_l A_l^T (V_l M_l) + sum_{l<L} s_{l+1} b_l M_{l+1}
         # + (b_L W1 + bias).
         rows = [a.shape[1] for a in attns]
-        n_rows = sum(rows) + n_layers
+        n_low = 0 if low is None else low.shape[2]
+        n_rows = sum(rows) + n_layers + n_low  # mask prompts: + s_1 G^T (U M_1), the first keys' G U
         factors_shape = (b, n_rows, hw)
         factors = buf("factors", factors_shape, dt) if scratch else torch.empty(factors_shape, dtype=dt, device=sparse.device)
         right = torch.empty(b, n_rows, self._m[0].shape[1], dtype=dt, device=sparse.device)
@@ -429,7 +532,10 @@ class FastDecoder:
             torch.mul(attns[i], s.transpose(1, 2), out=factors[:, r0 : r0 + rows[i]])
             right[:, r0 : r0 + rows[i]] = values[i] @ self._m[i]
         factors[:, start + n_layers - 1, :] = 1.0
-        right[:, start:] = self._consts
+        right[:, start : start + n_layers] = self._consts
+        if low is not None:
+            torch.mul(low.transpose(1, 2), s.transpose(1, 2), out=factors[:, start + n_layers :])
+            right[:, start + n_layers :] = um0
         return TokenState(factors, right, s.clone(), base, queries[:, 1:, :], iou.float(), index)
 
     @torch.no_grad()
@@ -479,11 +585,16 @@ class FastDecoder:
         return out
 
     def __call__(
-        self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, multimask_output: bool = True
+        self, sparse: torch.Tensor, dense: Optional[torch.Tensor] = None, multimask_output: bool = True,
+        mask_input: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(low-res logits (B, M, 4h, 4w), IoU predictions (B, M)); M = 3 if multimask else 1,
-        as ``MaskDecoder.forward``. Large batches run ``pass_sizes`` prompts at a time."""
+        as ``MaskDecoder.forward``. Mask prompts: ``mask_input`` (B, 1, 4h, 4w) logits, or the
+        prompt encoder's ``dense`` (see ``tokens``). Large batches run ``pass_sizes`` prompts at
+        a time."""
         self._require_image()
+        with torch.no_grad():
+            dense, feats = self._mask_prompt(sparse, dense, mask_input)
         sel = list(range(1, self.decoder.num_mask_tokens)) if multimask_output else [0]
         n = sparse.shape[0]
         h, w = self._hw
@@ -493,7 +604,8 @@ class FastDecoder:
         with torch.no_grad(), self._ws.claim(sparse.device) as buf:
             for i in range(0, n, per_tokens):
                 part_dense = None if dense is None else dense[i : i + per_tokens]
-                state = self._tokens(sparse[i : i + per_tokens], part_dense, tuple(sel), buf, scratch=True)
+                part_feats = None if feats is None else feats[i : i + per_tokens]
+                state = self._tokens(sparse[i : i + per_tokens], part_dense, tuple(sel), buf, scratch=True, feats=part_feats)
                 for j in range(0, len(state), per_masks):
                     part = state.select(slice(j, j + per_masks))
                     self._masks(part, sel, logits[i + j : i + j + len(part)], buf)

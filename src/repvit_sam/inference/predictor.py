@@ -315,7 +315,7 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         if self.fast_decoder and features.shape[0] == 1:
-            low_res, iou = self._fast_for(features)(sparse, None if mask_input is None else dense, multimask_output)
+            low_res, iou = self._fast_for(features)(sparse, None, multimask_output, mask_input=mask_input)
         else:
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=features,

@@ -159,8 +159,8 @@ class VideoPredictor:
                 labs[i, : len(p)] = lab
             sparse_points = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labs, device=self.device, dtype=torch.int))
         box_t = None if boxes is None else torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
-        sparse, dense = self.model.prompt_encoder(points=sparse_points, boxes=box_t, masks=low)
-        return self.decoder(sparse, dense if low is not None else None, multimask)
+        sparse, _ = self.model.prompt_encoder(points=sparse_points, boxes=box_t, masks=low)  # dense: from mask_input below
+        return self.decoder(sparse, None, multimask, mask_input=low)
 
     @torch.no_grad()
     def _upscale(self, low: torch.Tensor) -> np.ndarray:
