@@ -29,12 +29,12 @@ from .onnx import ExportError, check_parts, require
 
 FORMAT = "repvit-sam-executorch"
 ENCODER_FILE = "encoder.pte"
-# Bumped whenever the same model and calibration would export to a different file, so that files
-# cached by an older version (mobile_backends, --cache-dir) are not reused.
-EXPORT_REVISION = 1
 DECODER_FILE = "decoder.pte"
 QUANTIZE = (None, "int8")
 MOBILE_EXTRA = "mobile"
+# Bumped whenever the same model and calibration would export to a different file, so that files
+# cached by an older version (mobile_backends, --cache-dir) are not reused.
+EXPORT_REVISION = 1
 
 
 def _xnnpack_quantizer() -> Any:

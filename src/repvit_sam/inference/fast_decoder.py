@@ -166,6 +166,17 @@ def _attention(a: nn.Module, q: Optional[torch.Tensor], k: torch.Tensor, v: torc
     return a.out_proj(out.transpose(1, 2).flatten(2))
 
 
+def sparse_embeddings(
+    prompt_encoder: nn.Module, points: Optional[Tuple[torch.Tensor, torch.Tensor]], boxes: Optional[torch.Tensor],
+    mask_input: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """The prompt encoder's sparse embeddings for :class:`FastDecoder`, which embeds a mask prompt
+    itself (``mask_input``): the mask is passed to the prompt encoder, whose dense embedding is
+    then discarded, only to size a prompt that has neither points nor a box."""
+    masks = mask_input if points is None and boxes is None else None
+    return prompt_encoder(points=points, boxes=boxes, masks=masks)[0]
+
+
 def _softmax(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._softmax.out(x, dim, False, out=out)
 
@@ -294,7 +305,8 @@ class FastDecoder:
         pv = (t2i.v_proj.weight.float() @ u.t()).to(dt)
         pq = (i2t.q_proj.weight.float() @ u.t()).to(dt)
         um0 = (u @ self._m[0].float()).to(dt)  # (r+1, 4*C1)
-        self._mask_u = (u.to(dt), pk, pv, pq, _split(pk, h), _split(pv, h), _split(pq, i2t.num_heads), um0)
+        # pq whole (the plain route's pixel queries) and each map split by heads (h, d, r+1)
+        self._mask_u = (u.to(dt), pq, _split(pk, h), _split(pv, h), _split(pq, i2t.num_heads), um0)
 
     def mask_features(self, mask_input: torch.Tensor) -> Optional[torch.Tensor]:
         """``G = [F, 1]`` (B, HW, r + 1) for mask prompts (B, 1, 4h, 4w) (see ``_mask_matrices``),
@@ -436,7 +448,7 @@ class FastDecoder:
         shared = dense is None
         low = None
         if feats is not None:  # mask prompts: the shared first layer plus rank r + 1 terms
-            u, pk, pv, pq, pk_h, pv_h, pq_h, um0 = self._mask_u
+            u, pq, pk_h, pv_h, pq_h, um0 = self._mask_u
             low = feats  # (B, HW, r+1)
         if shared:
             keys, kpe, k_t, v, q_t = self._shared
@@ -466,30 +478,22 @@ class FastDecoder:
             queries = layer.norm3(queries + layer.mlp(queries))
             i2t = layer.cross_attn_image_to_token
             if plain:
-                if first and low is not None:  # shared pixel queries + the mask prompts' terms
-                    update = _attention(i2t, None, queries + query_pe, queries, q_proj=torch.baddbmm(self._q_proj, low, pq.t()[None].expand(b, -1, -1)))
-                else:
-                    update = _attention(i2t, kpe, queries + query_pe, queries)  # (B, HW, C)
+                # shared pixel queries plus the mask prompts' terms, or projected from kpe
+                q_proj = torch.baddbmm(self._q_proj, low, pq.t()[None].expand(b, -1, -1)) if first and low is not None else None
+                update = _attention(i2t, kpe, queries + query_pe, queries, q_proj=q_proj)  # (B, HW, C)
                 x = torch.add(keys, update, out=k_bufs[1] if keys is k_bufs[0] else k_bufs[0])
-                if first and low is not None:
-                    x.baddbmm_(low, u[None].expand(b, -1, -1))  # the first keys' G U
-                keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
-                norm = layer.norm4
-                torch.ops.aten.native_layer_norm.out(
-                    x, (c,), norm.weight, norm.bias, norm.eps, out0=keys, out1=buf("mean", (b, hw, 1), dt),
-                    out2=buf("rstd0", (b, hw, 1), dt),
-                )
-                kpe = torch.add(keys, key_pe, out=kpe_buf)
-                continue
-            a = buf(f"a{i}", (b, i2t.num_heads * tokens.shape[1], hw), dt)
-            vo = self._i2t(i2t, kpe, queries + query_pe, queries, q_t if first else None, a, buf,
-                           (low, pq_h) if first and low is not None else None)
-            if any(keys is k for k in k_bufs):  # the keys' update, in place
-                x = keys.baddbmm_(a.transpose(1, 2), vo)
-            else:  # the first keys: shared, or the caller's
-                x = torch.baddbmm(keys, a.transpose(1, 2), vo, out=k_bufs[0])
-                if first and low is not None:
-                    x.baddbmm_(low, u[None].expand(b, -1, -1))  # the first keys' G U
+            else:
+                a = buf(f"a{i}", (b, i2t.num_heads * tokens.shape[1], hw), dt)
+                vo = self._i2t(i2t, kpe, queries + query_pe, queries, q_t if first else None, a, buf,
+                               (low, pq_h) if first and low is not None else None)
+                if any(keys is k for k in k_bufs):  # the keys' update, in place
+                    x = keys.baddbmm_(a.transpose(1, 2), vo)
+                else:  # the first keys: shared, or the caller's
+                    x = torch.baddbmm(keys, a.transpose(1, 2), vo, out=k_bufs[0])
+                attns.append(a)
+                values.append(vo)
+            if first and low is not None:
+                x.baddbmm_(low, u[None].expand(b, -1, -1))  # the first keys' G U
             norm = layer.norm4
             keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
             rstd = buf(f"rstd{i}", (b, hw, 1), dt)
@@ -497,9 +501,7 @@ class FastDecoder:
                 x, (c,), norm.weight, norm.bias, norm.eps, out0=keys, out1=buf("mean", (b, hw, 1), dt), out2=rstd
             )
             kpe = torch.add(keys, key_pe, out=kpe_buf)
-            attns.append(a)
-            values.append(vo)
-            rstds.append(rstd)
+            rstds.append(rstd)  # the factors below need them (not the plain route)
         finish = [0] + [1 + i for i in index]  # the IoU token and the wanted mask tokens
         queries, query_pe = queries[:, finish], query_pe[:, finish]
         attn = self._t2i(tr.final_attn_token_to_image, queries + query_pe, kpe, keys, None, buf)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..modeling.sam import Sam
-from .fast_decoder import FastDecoder
+from .fast_decoder import FastDecoder, sparse_embeddings
 from .prompts import PromptError, check_boxes, check_mask_input, check_points, check_prompt_given
 from .transforms import ResizeLongestSide
 
@@ -313,10 +313,11 @@ class SamPredictor:
         return_logits: bool,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         if self.fast_decoder and features.shape[0] == 1:
+            sparse = sparse_embeddings(self.model.prompt_encoder, points, boxes, mask_input)
             low_res, iou = self._fast_for(features)(sparse, None, multimask_output, mask_input=mask_input)
         else:
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),

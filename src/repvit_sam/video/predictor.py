@@ -57,7 +57,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..inference.fast_decoder import FastDecoder
+from ..inference.fast_decoder import FastDecoder, sparse_embeddings
 from ..inference.predictor import SamPredictor
 from ..modeling.sam import Sam
 from .frames import FrameSource, FramesLike, open_frames
@@ -159,7 +159,7 @@ class VideoPredictor:
                 labs[i, : len(p)] = lab
             sparse_points = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labs, device=self.device, dtype=torch.int))
         box_t = None if boxes is None else torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
-        sparse, _ = self.model.prompt_encoder(points=sparse_points, boxes=box_t, masks=low)  # dense: from mask_input below
+        sparse = sparse_embeddings(self.model.prompt_encoder, sparse_points, box_t, low)
         return self.decoder(sparse, None, multimask, mask_input=low)
 
     @torch.no_grad()
