@@ -30,7 +30,40 @@ def test_bench_video_rows_and_json(tmp_path, capsys):
         assert r["overhead"] == pytest.approx(r["other_ms"] / r["encoder_ms"])
         assert 1000 / r["fps"] == pytest.approx(r["encoder_ms"] + r["other_ms"], rel=1e-6)
         assert r["nonempty_masks"].endswith(f"/{3 * r['objects']}")
-    assert "| mask | 0 | 2 |" in out
+        assert r["tracked_overhead"] == pytest.approx(r["tracked_other_ms"] / r["tracked_encoder_ms"])
+        assert r["tracked_encoder_ms"] > 0 and r["tracked_other_ms"] > 0
+    assert "| mask | 0 | 2 |" in out and "every object tracked" in out.lower()
+
+
+@pytest.mark.parametrize("strategy", ["mask", "points"])
+def test_tracked_measurement_decodes_every_object_on_every_frame(strategy, monkeypatch):
+    """The "every object tracked" figure: each timed frame's step gets all the objects, with
+    the previous frame's true masks (points strategy: their query points, moved by the point
+    tracker onto this frame)."""
+    from repvit_sam import build_sam
+    from repvit_sam.video import bench as vbench
+    from repvit_sam.video.options import VideoOptions
+    from repvit_sam.video.predictor import VideoPredictor
+
+    torch.manual_seed(0)
+    model = build_sam("tiny_repvit").eval()
+    frames, id_maps = vbench.clip(4, 96, 128)
+    vp = VideoPredictor(model, VideoOptions(strategy=strategy, refine_iters=0, iou_threshold=0.0), backend="fused")
+    seen = []
+    step = vp._step_points if strategy == "points" else vp._step_mask
+
+    def spy(objs):
+        seen.append(sorted((o.obj_id, int(o.mask.sum())) for o in objs))
+        if strategy == "points":
+            assert all(len(o.points) == len(o.visible) == len(o.labels) and (o.labels == 1).sum() >= 1 for o in objs)
+        return step(objs)
+
+    monkeypatch.setattr(vp, "_step_points" if strategy == "points" else "_step_mask", spy)
+    row = vbench.measure_tracked(vp, frames, id_maps, 3)
+    assert [[k for k, _ in s] for s in seen] == [[1, 2, 3]] * 3  # frames 1..3, every object
+    for t, s in enumerate(seen):  # the states come from the true masks of the frame before
+        assert [a for _, a in s] == [int((id_maps[t] == k).sum()) for k in (1, 2, 3)]
+    assert row["tracked_overhead"] == pytest.approx(row["tracked_other_ms"] / row["tracked_encoder_ms"])
 
 
 def test_bench_video_refuses_bad_object_counts(capsys):

@@ -79,3 +79,71 @@ def test_lucas_kanade_border_and_downscaling():
     moved, vis = tr.step(np.roll(base, 4, axis=1))[1]
     assert vis.tolist() == [False, True]
     np.testing.assert_allclose(moved[1], [164, 120], atol=0.6)  # full-resolution coordinates
+
+
+def test_mask_coords_scans_the_box_but_returns_every_pixel_in_order():
+    """mask_coords looks only inside the mask's bounding box: the same pixels, in the same
+    (row-major) order, hence the same fixed-seed subset, as scanning the whole frame."""
+    from repvit_sam.video.points import MAX_SAMPLES, mask_coords
+
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((40, 60), bool), np.ones((40, 60), bool), rng.random((40, 60)) > 0.7, rng.random((300, 500)) > 0.2]
+    one = np.zeros((40, 60), bool)
+    one[39, 0] = True
+    masks.append(one)
+    blob = np.zeros((120, 90), bool)
+    blob[30:70, 10:40] = rng.random((40, 30)) > 0.5
+    masks.append(blob)
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        full = np.stack([xs, ys], axis=1).astype(np.float64)
+        if len(full) > MAX_SAMPLES:
+            full = full[np.random.default_rng(0).choice(len(full), MAX_SAMPLES, replace=False)]
+        got = mask_coords(m)
+        assert got.dtype == np.float64 and got.shape == full.shape and np.array_equal(got, full)
+
+
+@pytest.mark.parametrize("frame,input_size,img_size,grid", [
+    ((480, 854), (576, 1024), 1024, 64),  # a 480p frame in the 1024 model
+    ((64, 48), (64, 48), 64, 4),
+    ((100, 37), (256, 95), 256, 16),  # upscaled, a width that does not divide
+    ((480, 854), (144, 256), 256, 16),  # downscaled
+    ((30, 40), (45, 60), 64, 5),  # pooling bins of unequal sizes
+])
+def test_cell_weights_equal_resize_pad_and_pool(frame, input_size, img_size, grid):
+    """The separable form of cell_weights equals resizing every mask to the model's input,
+    zero-padding it and average-pooling it to the embedding grid."""
+    import torch
+    from torch.nn import functional as F
+
+    from repvit_sam.video.appearance import cell_weights
+
+    masks = np.random.default_rng(sum(frame)).random((3, *frame)) > 0.6
+    masks[1] = False
+    feats = torch.zeros(1, 8, grid, grid)
+    m = F.interpolate(torch.as_tensor(masks, dtype=torch.float32)[:, None], size=input_size, mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, img_size - input_size[1], 0, img_size - input_size[0]))
+    want = F.adaptive_avg_pool2d(m, (grid, grid))[:, 0]
+    got = cell_weights(masks, feats, input_size, img_size)
+    assert got.shape == (3, grid, grid)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert float(got[1].abs().max()) == 0.0
+
+
+def test_prototypes_from_cached_unit_cells_equal_fresh_ones():
+    import torch
+
+    from repvit_sam.video.appearance import best_cells, prototypes, unit_cells
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, 16, 8, 8, generator=g)
+    masks = np.random.default_rng(1).random((4, 60, 50)) > 0.5
+    cells = unit_cells(feats)
+    assert cells.shape == (64, 16)
+    torch.testing.assert_close(cells.norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(prototypes(masks, feats, (128, 107), 128, cells), prototypes(masks, feats, (128, 107), 128))
+    protos = prototypes(masks, feats, (128, 107), 128)
+    a = best_cells(protos, feats, masks[0], (128, 107), 128, cells)
+    b = best_cells(protos, feats, masks[0], (128, 107), 128)
+    torch.testing.assert_close(a[0], b[0])
+    assert np.array_equal(a[1], b[1])

@@ -9,7 +9,8 @@ embedding (1, C, h, w) and masks at the frame size.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Set, Tuple
+import functools
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -18,33 +19,57 @@ from torch.nn import functional as F
 CONFLICT_OVERLAP = 0.7  # two objects whose masks share this much of the smaller one claim the same thing
 
 
+@functools.lru_cache(maxsize=16)
+def _axis_map(size: int, resized: int, padded: int, cells: int) -> torch.Tensor:
+    """(cells, size): one axis of ``cell_weights`` as a matrix (bilinear resize from ``size`` to
+    ``resized`` samples, zero padding to ``padded``, adaptive average pooling to ``cells``),
+    made by running torch's own operations on the unit vectors."""
+    eye = torch.eye(size, dtype=torch.float64).reshape(size, 1, size, 1)
+    m = F.interpolate(eye, size=(resized, 1), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, 0, 0, padded - resized))
+    return F.adaptive_avg_pool2d(m, (cells, 1))[:, 0, :, 0].t().float().contiguous()
+
+
 def cell_weights(masks: np.ndarray, features: torch.Tensor, input_size: Tuple[int, int], img_size: int) -> torch.Tensor:
     """(B, H, W) bool masks at the frame size -> (B, h, w): the covered fraction of each
-    embedding cell (masks resized to ``input_size`` and zero-padded to ``img_size`` first)."""
+    embedding cell (masks resized to ``input_size`` and zero-padded to ``img_size`` first).
+
+    Bilinear resizing, zero padding and average pooling are each separable, so the whole map is
+    ``R_y M R_x^T`` with two small matrices: a few matrix products instead of resizing every mask
+    to the model's input (equal to doing so up to float rounding)."""
     gh, gw = features.shape[-2:]
-    m = torch.as_tensor(masks, device=features.device, dtype=torch.float32)[:, None]
-    m = F.interpolate(m, size=input_size, mode="bilinear", align_corners=False)
-    m = F.pad(m, (0, img_size - input_size[1], 0, img_size - input_size[0]))
-    return F.adaptive_avg_pool2d(m, (gh, gw))[:, 0]
+    b, h, w = masks.shape
+    ry = _axis_map(h, input_size[0], img_size, gh).to(features.device)  # (gh, H)
+    rx = _axis_map(w, input_size[1], img_size, gw).to(features.device)  # (gw, W)
+    m = torch.as_tensor(masks, device=features.device).to(torch.float32)
+    return ry @ (m @ rx.t())
 
 
 @torch.no_grad()
-def prototypes(masks: np.ndarray, features: torch.Tensor, input_size: Tuple[int, int], img_size: int) -> torch.Tensor:
-    """(B, C) unit mean embedding under each mask (each cell normalised first)."""
-    feats = F.normalize(features[0].float().flatten(1), dim=0)  # (C, hw)
+def unit_cells(features: torch.Tensor) -> torch.Tensor:
+    """(hw, C): the embedding's cells (1, C, h, w), each L2-normalised."""
+    return F.normalize(features[0].float().flatten(1).t(), dim=1)
+
+
+@torch.no_grad()
+def prototypes(masks: np.ndarray, features: torch.Tensor, input_size: Tuple[int, int], img_size: int,
+               cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, C) unit mean embedding under each mask (each cell normalised first; ``cells``: those
+    unit cells, :func:`unit_cells` of ``features``, if already computed)."""
+    feats = unit_cells(features) if cells is None else cells  # (hw, C)
     w = cell_weights(masks, features, input_size, img_size).flatten(1)  # (B, hw)
-    return F.normalize(w @ feats.T, dim=1)
+    return F.normalize(w @ feats, dim=1)
 
 
 @torch.no_grad()
 def best_cells(protos: torch.Tensor, features: torch.Tensor, taken: np.ndarray, input_size: Tuple[int, int],
-               img_size: int) -> Tuple[torch.Tensor, np.ndarray]:
+               img_size: int, cells: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, np.ndarray]:
     """For each prototype (L, C), the embedding cell most like it among the cells inside the
     image and not covered by ``taken`` (H, W) bool (other objects found on this frame): its
     cosine similarity (L,) and its centre (L, 2) XY in the model's input frame. A frame with
     no free cell gives similarity -2."""
-    feats = F.normalize(features[0].float().flatten(1), dim=0)  # (C, hw)
-    sim = protos @ feats  # (L, hw)
+    feats = unit_cells(features) if cells is None else cells  # (hw, C)
+    sim = protos @ feats.t()  # (L, hw)
     gh, gw = features.shape[-2:]
     occupied = cell_weights(taken[None], features, input_size, img_size)[0].flatten() > 0.5
     cell = img_size / gh

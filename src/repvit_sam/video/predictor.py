@@ -61,7 +61,7 @@ from ..inference.fast_decoder import FastDecoder, sparse_embeddings
 from ..inference.predictor import SamPredictor
 from ..modeling.sam import Sam
 from .frames import FrameSource, FramesLike, open_frames
-from .appearance import best_cells, overlap_losers, prototypes
+from .appearance import best_cells, overlap_losers, prototypes, unit_cells
 from .options import VideoOptions
 from .prompts import FrameResult, ObjectPrompt, Prompts
 from .points import mask_box, mask_points, query_points
@@ -106,6 +106,7 @@ class VideoPredictor:
         self.frames_encoded = 0  # image-encoder calls, for tests and the benchmark
         self.encode_seconds = 0.0  # wall time of those calls (set_image: resize, normalise, encode)
         self._features: Optional[torch.Tensor] = None
+        self._cells: Optional[torch.Tensor] = None  # unit_cells(self._features), computed when first needed
         self._sizes: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
 
     @property
@@ -125,6 +126,7 @@ class VideoPredictor:
             self._sizes = (tuple(self.predictor.original_size), tuple(self.predictor.input_size))  # type: ignore[assignment]
             self.frames_encoded += 1
         self._features = features
+        self._cells = None
         self.decoder.set_image(features)
 
     @property
@@ -200,8 +202,14 @@ class VideoPredictor:
     # ------------------------------------------------------------------ appearance
     def _prototypes(self, masks: np.ndarray) -> torch.Tensor:
         """(B, C) prototypes of masks on the current frame (:func:`.appearance.prototypes`)."""
+        return prototypes(masks, self._features, self.input_size, self.model.image_encoder.img_size, self._unit_cells())
+
+    def _unit_cells(self) -> torch.Tensor:
+        """The current frame's unit embedding cells (:func:`.appearance.unit_cells`), computed once."""
         assert self._features is not None
-        return prototypes(masks, self._features, self.input_size, self.model.image_encoder.img_size)
+        if self._cells is None:
+            self._cells = unit_cells(self._features)
+        return self._cells
 
     # ------------------------------------------------------------------ per frame
     def _start(self, prompts: List[ObjectPrompt]) -> List[_Object]:
@@ -322,7 +330,7 @@ class VideoPredictor:
             return {}
         assert self._features is not None
         best, centres = best_cells(torch.stack([o.proto for o in lost]), self._features, taken, self.input_size,
-                                   self.model.image_encoder.img_size)
+                                   self.model.image_encoder.img_size, self._unit_cells())
         cand = [i for i in range(len(lost)) if float(best[i]) >= opt.redetect_threshold]
         if not cand:
             return {}
@@ -353,6 +361,50 @@ class VideoPredictor:
         for k in losers:
             results[k] = (np.zeros_like(results[k][0]), 0.0, objs[k].low)
 
+    def _track(self, objs: Dict[int, _Object], tracker: Optional[PointTracker], frame: np.ndarray, first: bool
+               ) -> Dict[int, Tuple[np.ndarray, float, torch.Tensor]]:
+        """Everything a sweep does on the current frame (already set) for the objects it tracks:
+        the point tracker's step (not on the sweep's ``first`` frame, which resets it), the
+        strategy's decoder passes, overlap resolution and re-detection; updates ``objs`` and
+        returns {id: (mask, score, low)}."""
+        opt = self.options
+        use_points = opt.strategy == "points"
+        results: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
+        if tracker is not None:
+            if first:
+                tracker.reset(frame)
+            else:
+                for key, (pts, vis) in tracker.step(frame).items():
+                    if key in objs:
+                        objs[key].points, objs[key].visible = pts, vis
+        if not objs:
+            return results
+        live = [o for o in objs.values() if o.points is not None or not use_points]
+        results = self._step_points(live) if use_points else self._step_mask(live)
+        for k, o in objs.items():  # objects whose prompt gave an empty mask: nothing to carry
+            results.setdefault(k, (np.zeros(self.original_size, dtype=bool), 0.0, o.low))
+        if opt.exclusive:
+            self._resolve_conflicts(objs, results)
+        if opt.redetect:
+            empty = [objs[k] for k, (m, _, _) in results.items() if not m.any()]
+            if empty:
+                taken = np.zeros(self.original_size, dtype=bool)
+                for m, _, _ in results.values():
+                    taken |= m
+                found = self._redetect(empty, taken)
+                for k, r in found.items():
+                    results[k] = r
+                    objs[k].mask = r[0]
+                self._initialise([objs[k] for k in found])
+                if tracker is not None:
+                    for k in found:
+                        tracker.set_points(k, objs[k].points)
+        for k, (m, s, low) in results.items():
+            o = objs[k]
+            o.mask, o.score, o.low = m, s, low
+            o.age += 1
+        return results
+
     # ------------------------------------------------------------------ sweeps
     def _new_tracker(self) -> PointTracker:
         return self.tracker if self.tracker is not None else LucasKanadeTracker()
@@ -373,40 +425,8 @@ class VideoPredictor:
             self._set_frame(t, frame, cache)
             if cache is not None and keep[0] <= t <= keep[1] and t not in cache and len(cache) < EMBEDDING_CACHE:
                 cache[t] = self._features
-            results: Dict[int, Tuple[np.ndarray, float, torch.Tensor]] = {}
-            if tracker is not None:
-                if first:
-                    tracker.reset(frame)
-                else:
-                    for key, (pts, vis) in tracker.step(frame).items():
-                        if key in objs:
-                            objs[key].points, objs[key].visible = pts, vis
+            results = self._track(objs, tracker, frame, first)
             first = False
-            if objs:
-                live = [o for o in objs.values() if o.points is not None or not use_points]
-                results = self._step_points(live) if use_points else self._step_mask(live)
-                for k, o in objs.items():  # objects whose prompt gave an empty mask: nothing to carry
-                    results.setdefault(k, (np.zeros(self.original_size, dtype=bool), 0.0, o.low))
-                if opt.exclusive:
-                    self._resolve_conflicts(objs, results)
-                if opt.redetect:
-                    empty = [objs[k] for k, (m, _, _) in results.items() if not m.any()]
-                    if empty:
-                        taken = np.zeros(self.original_size, dtype=bool)
-                        for m, _, _ in results.values():
-                            taken |= m
-                        found = self._redetect(empty, taken)
-                        for k, r in found.items():
-                            results[k] = r
-                            objs[k].mask = r[0]
-                        self._initialise([objs[k] for k in found])
-                        if tracker is not None:
-                            for k in found:
-                                tracker.set_points(k, objs[k].points)
-                for k, (m, s, low) in results.items():
-                    o = objs[k]
-                    o.mask, o.score, o.low = m, s, low
-                    o.age += 1
             for obj in self._start(joining.get(t, [])):
                 objs[obj.obj_id] = obj
                 results[obj.obj_id] = (obj.mask, obj.score, obj.low)
