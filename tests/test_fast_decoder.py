@@ -253,3 +253,35 @@ def test_fast_decoder_mask_input_bf16_close(full_decoder_model):
     rel = float((got - ref).norm() / ref.norm())
     assert 1e-6 < rel < 0.05
     assert float(((got > 0) == (ref > 0)).float().mean()) > 0.97
+
+
+def test_fast_decoder_follows_weights_changed_between_images():
+    """The matrices and positional encoding derived from the weights are kept from image to
+    image, and rebuilt when a weight changes (in place, or replaced by a loaded state)."""
+    torch.manual_seed(0)
+    m = randomize_(build_from_config(TINY["repvit"]))
+    pe, md = m.prompt_encoder, m.mask_decoder
+    emb = torch.randn(1, md.transformer_dim, *pe.image_embedding_size, generator=torch.Generator().manual_seed(3))
+    coords, labels, boxes = _prompts(m, 3, with_box=True)
+    fast = FastDecoder(m)
+
+    def check():
+        fast.set_image(emb)
+        with torch.no_grad():
+            sparse, dense = pe(points=(coords, labels), boxes=boxes, masks=None)
+            ref, _ = md(emb, pe.get_dense_pe(), sparse, dense, True)
+            got, _ = fast(sparse, None, multimask_output=True)
+        assert float((got - ref).norm() / ref.norm()) < 1e-5
+        return got
+
+    first = check()
+    assert float((check() - first).abs().max()) == 0.0  # same weights: same matrices, same logits
+    with torch.no_grad():
+        md.output_upscaling[0].weight.mul_(1.5)  # in place
+        md.transformer.layers[-1].norm4.weight.add_(0.3)
+        pe.pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)  # a buffer: the dense positional encoding
+    changed = check()
+    assert float((changed - first).abs().max()) > 1e-3
+    state = {k: v.clone() * 1.1 for k, v in m.state_dict().items()}
+    m.load_state_dict(state)  # copied into the same tensors
+    assert float((check() - changed).abs().max()) > 1e-3

@@ -207,6 +207,7 @@ class FastDecoder:
         self.decoder = dec
         self.transformer = dec.transformer
         self._shared: Optional[Tuple[torch.Tensor, ...]] = None
+        self._weights_seen: Optional[Tuple[Tuple[int, int], ...]] = None
         up = dec.output_upscaling
         for m in (up[0], up[3]):
             if tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2):
@@ -218,6 +219,12 @@ class FastDecoder:
         self._ws = _Workspace()
 
     # ------------------------------------------------------------------ per image
+    def _weights_key(self) -> Tuple[Tuple[int, int], ...]:
+        """Identifies the weights ``set_image`` derives its matrices from (storage and in-place
+        version of every prompt-encoder and decoder tensor): they are rebuilt when it changes."""
+        tensors = [*self.model.prompt_encoder.parameters(), *self.model.prompt_encoder.buffers(), *self.decoder.parameters()]
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
     def _upscaling_matrices(self) -> None:
         """The transposed convolutions as matrices, and the first one unrolled through the
         transformer's key normalisations (see the module docstring), from the current weights.
@@ -260,14 +267,17 @@ class FastDecoder:
             raise ValueError(f"set_image expects one embedding (1, C, h, w), got {tuple(image_embedding.shape)}")
         pe_module = self.model.prompt_encoder
         dt = self.dtype
-        self._upscaling_matrices()
+        self._hw = tuple(image_embedding.shape[-2:])
+        key = self._weights_key()
+        if key != self._weights_seen:  # matrices and positional encoding from the current weights
+            self._upscaling_matrices()
+            self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
+            self._weights_seen = key
         emb = image_embedding.flatten(2).transpose(1, 2).float()  # (1, HW, C)
         self._embedding = emb.to(dt).contiguous()
-        self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
-        self._hw = tuple(image_embedding.shape[-2:])
-        keys = self._embedding + pe_module.no_mask_embed.weight.reshape(1, 1, -1).to(dt)
         # the first keys through the unrolled convolution, in fp32 then rounded once
         keys32 = emb + pe_module.no_mask_embed.weight.reshape(1, 1, -1).float()
+        keys = keys32 if dt == torch.float32 else self._embedding + pe_module.no_mask_embed.weight.reshape(1, 1, -1).to(dt)
         self._base = (keys32 @ self._m[0].float()).to(dt).contiguous()  # (1, HW, 4*C1)
         layer = self.transformer.layers[0]
         kpe = keys + self._key_pe

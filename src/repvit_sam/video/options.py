@@ -30,7 +30,7 @@ class VideoOptions:
     iou_threshold: float = _opt(0.7, "a mask whose predicted IoU is below this is empty")
     reinit_every: int = _opt(0, "re-initialise query points from the current mask every K frames (0: never)")
     reinit_below: float = _opt(0.5, "re-initialise an object's query points when fewer than this fraction of its positive points are visible")
-    mask_points: int = _opt(1, "positive points from the previous mask (mask strategy)")
+    mask_points: int = _opt(1, "positive points from the previous mask (mask strategy): 1 = its medoid, more = K-Medoids")
     redetect: bool = _opt(True, "look for an object whose mask came out empty by its appearance (embedding prototype)")
     redetect_threshold: float = _opt(0.8, "cosine similarity to the object's prototype needed to re-detect it")
     exclusive: bool = _opt(True, "two objects whose masks cover mostly the same region: it goes to the one whose prototype it resembles more")

@@ -80,6 +80,19 @@ def mask_points(mask: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return kmedoids(mask_coords(mask, seed=seed), k, seed=seed)
 
 
+def mask_medoid(mask: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The medoid of the mask's pixels ((1, 2) XY; (0, 2) for an empty mask): the pixel with the
+    smallest sum of distances to the others, over the same fixed-seed subset of at most
+    ``MAX_SAMPLES`` pixels that :func:`mask_points` clusters. Exact (one cluster needs no
+    iterations), where ``kmedoids`` with k = 1 estimates it from random reference subsets."""
+    coords = mask_coords(mask, seed=seed)
+    if len(coords) == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    from scipy.spatial.distance import cdist
+
+    return coords[int(cdist(coords, coords).sum(1).argmin())][None]
+
+
 def query_points(mask: np.ndarray, positive: int = 8, negative: int = 1, seed: int = 0) -> tuple:
     """SAM-PT query points of a mask: (points (P+Q, 2) XY, labels (P+Q,) 1 then 0) with P <=
     ``positive`` K-Medoids points of the mask and Q <= ``negative`` of its complement."""

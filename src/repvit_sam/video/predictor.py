@@ -64,7 +64,7 @@ from .frames import FrameSource, FramesLike, open_frames
 from .appearance import best_cells, overlap_losers, prototypes, unit_cells
 from .options import VideoOptions
 from .prompts import FrameResult, ObjectPrompt, Prompts
-from .points import mask_box, mask_points, query_points
+from .points import mask_box, mask_medoid, mask_points, query_points
 from .trackers import LucasKanadeTracker, PointTracker
 
 EMBEDDING_CACHE = 16  # embeddings of frames shared by both sweeps kept from the backward sweep
@@ -290,7 +290,8 @@ class VideoPredictor:
                 out[o.obj_id] = (o.mask, 0.0, o.low)
         if not active:
             return out
-        pts = [self._to_input(mask_points(o.mask, opt.mask_points, opt.seed)) for o in active]
+        pick = mask_medoid if opt.mask_points == 1 else lambda m, seed: mask_points(m, opt.mask_points, seed)
+        pts = [self._to_input(pick(o.mask, opt.seed)) for o in active]
         labs = [np.ones(len(p), dtype=np.int64) for p in pts]
         boxes = np.stack([self.transform.apply_boxes(mask_box(o.mask), self.original_size)[0] for o in active])
         low, iou = self._decode(pts, labs, boxes, low=torch.stack([o.low for o in active]))
