@@ -137,3 +137,28 @@ def test_sam_forward_matches_predictor(tiny_model, image):
     assert out[0]["masks"].shape == (1, 3, 150, 200)
     torch.testing.assert_close(out[0]["iou_predictions"][0], torch.from_numpy(s_np), rtol=1e-4, atol=1e-5)
     assert (out[0]["masks"][0].numpy() != m_np).mean() < 1e-3
+
+
+@pytest.mark.parametrize("input_size,original_size", [
+    ((576, 1024), (480, 854)),  # landscape: only 145 of the 256 low-res rows are upsampled
+    ((1024, 768), (1000, 750)),  # portrait
+    ((1024, 1024), (1024, 1024)),  # nothing cropped
+    ((1021, 1024), (3000, 3008)),  # the crop ends just short of the last cell
+    ((4, 1024), (1, 256)),
+    ((577, 1024), (577, 1024)),
+])
+def test_postprocess_masks_upsamples_only_what_the_crop_keeps(input_size, original_size):
+    """Sam.postprocess_masks upsamples only the low-res cells inside the crop (plus one): the
+    result is bit for bit the full upsample-crop-resize of the original code."""
+    from torch.nn import functional as F
+
+    from repvit_sam import build_sam
+
+    model = build_sam("vit_t")
+    low = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(sum(input_size))) * 10
+    full = F.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)[..., : input_size[0], : input_size[1]]
+    if tuple(full.shape[-2:]) != original_size:
+        full = F.interpolate(full, original_size, mode="bilinear", align_corners=False)
+    got = model.postprocess_masks(low, input_size, original_size)
+    assert got.shape == (2, 3, *original_size)
+    assert torch.equal(got, full)

@@ -177,6 +177,12 @@ def sparse_embeddings(
     return prompt_encoder(points=points, boxes=boxes, masks=masks)[0]
 
 
+def _project_heads_t(linear: nn.Linear, x: torch.Tensor, h: int, out: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for x (N, C), split into h heads and transposed: (h, d, N), written to ``out``."""
+    w = _split(linear.weight, h)  # (h, d, C)
+    return torch.baddbmm(linear.bias.view(h, -1, 1), w, x.t().expand(h, -1, -1), out=out)
+
+
 def _softmax(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._softmax.out(x, dim, False, out=out)
 
@@ -208,6 +214,7 @@ class FastDecoder:
         self.transformer = dec.transformer
         self._shared: Optional[Tuple[torch.Tensor, ...]] = None
         self._weights_seen: Optional[Tuple[Tuple[int, int], ...]] = None
+        self._image_ws = _Workspace()  # set_image's buffers (see there)
         up = dec.output_upscaling
         for m in (up[0], up[3]):
             if tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2):
@@ -272,24 +279,38 @@ class FastDecoder:
         if key != self._weights_seen:  # matrices and positional encoding from the current weights
             self._upscaling_matrices()
             self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
+            self._mask_matrices()
             self._weights_seen = key
-        emb = image_embedding.flatten(2).transpose(1, 2).float()  # (1, HW, C)
-        self._embedding = emb.to(dt).contiguous()
+        # The per-image tensors below live in buffers kept from image to image (fresh blocks of
+        # MiBs are page-faulted in at every use); ``base`` is new each time (a TokenState keeps it).
+        buf: Buffers = lambda name, shape, dtype: self._image_ws._get(name, shape, dtype, image_embedding.device)  # noqa: E731
+        hw, c = math.prod(self._hw), image_embedding.shape[1]
+        emb = image_embedding.flatten(2).transpose(1, 2)  # (1, HW, C), a view
+        self._embedding = buf("embedding", (1, hw, c), dt).copy_(emb)
+        no_mask = pe_module.no_mask_embed.weight.reshape(1, 1, -1)
         # the first keys through the unrolled convolution, in fp32 then rounded once
-        keys32 = emb + pe_module.no_mask_embed.weight.reshape(1, 1, -1).float()
-        keys = keys32 if dt == torch.float32 else self._embedding + pe_module.no_mask_embed.weight.reshape(1, 1, -1).to(dt)
-        self._base = (keys32 @ self._m[0].float()).to(dt).contiguous()  # (1, HW, 4*C1)
+        keys32 = torch.add(emb.float(), no_mask.float(), out=buf("keys32", (1, hw, c), torch.float32))
+        keys = keys32 if dt == torch.float32 else torch.add(self._embedding, no_mask.to(dt), out=buf("keys", (1, hw, c), dt))
+        self._base = (keys32 @ self._m[0].float()).to(dt)  # (1, HW, 4*C1)
         layer = self.transformer.layers[0]
-        kpe = keys + self._key_pe
+        kpe = torch.add(keys, self._key_pe, out=buf("kpe", (1, hw, c), dt))
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         h = t2i.num_heads
-        k_t = _heads(t2i.k_proj(kpe), h)[0].permute(1, 2, 0).contiguous()  # (h, d, HW)
-        v = _heads(t2i.v_proj(keys), h)[0].transpose(0, 1).contiguous()  # (h, HW, d)
-        q_proj = i2t.q_proj(kpe)  # (1, HW, h*d)
-        q_t = _heads(q_proj, i2t.num_heads)[0].permute(1, 2, 0).contiguous()  # (h, d, HW)
+        # the projections made directly in the layouts the attention reads (no permuted copies)
+        k_t = _project_heads_t(t2i.k_proj, kpe[0], h, buf("k_t", (h, t2i.internal_dim // h, hw), dt))  # (h, d, HW)
+        wv = _split(t2i.v_proj.weight, h)  # (h, d, C)
+        v = torch.baddbmm(t2i.v_proj.bias.view(h, 1, -1), keys[0].expand(h, -1, -1), wv.transpose(1, 2),
+                          out=buf("v", (h, hw, t2i.internal_dim // h), dt))  # (h, HW, d)
+        q_t = _project_heads_t(i2t.q_proj, kpe[0], i2t.num_heads, buf("q_t", (i2t.num_heads, i2t.internal_dim // i2t.num_heads, hw), dt))
         self._shared = (keys, kpe, k_t, v, q_t)
-        self._q_proj = q_proj
-        self._mask_matrices()
+        self._q_proj: Optional[torch.Tensor] = None  # (1, HW, h*d), made from q_t when the plain route needs it
+
+    def _pixel_queries(self) -> torch.Tensor:
+        """The first layer's projected pixel queries (1, HW, h*d), as the plain route reads them."""
+        if self._q_proj is None:
+            q_t = self._shared[4]
+            self._q_proj = q_t.permute(2, 0, 1).reshape(1, q_t.shape[2], -1)
+        return self._q_proj
 
     def _mask_matrices(self) -> None:
         """A mask prompt's dense embedding is the 1x1 convolution ``W_d F + b_d`` of the mask
@@ -301,7 +322,7 @@ class FastDecoder:
         self._mask_u: Optional[Tuple[torch.Tensor, ...]] = None
         pe_module = self.model.prompt_encoder
         last = pe_module.mask_downscaling[-1]
-        c = self._embedding.shape[-1]
+        c = self.decoder.transformer_dim
         if not (isinstance(last, nn.Conv2d) and tuple(last.kernel_size) == (1, 1) and last.bias is not None
                 and last.groups == 1 and 4 * (last.in_channels + 1) <= c):
             return
@@ -489,7 +510,7 @@ class FastDecoder:
             i2t = layer.cross_attn_image_to_token
             if plain:
                 # shared pixel queries plus the mask prompts' terms, or projected from kpe
-                q_proj = torch.baddbmm(self._q_proj, low, pq.t()[None].expand(b, -1, -1)) if first and low is not None else None
+                q_proj = torch.baddbmm(self._pixel_queries(), low, pq.t()[None].expand(b, -1, -1)) if first and low is not None else None
                 update = _attention(i2t, kpe, queries + query_pe, queries, q_proj=q_proj)  # (B, HW, C)
                 x = torch.add(keys, update, out=k_bufs[1] if keys is k_bufs[0] else k_bufs[0])
             else:

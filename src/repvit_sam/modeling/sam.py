@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -56,7 +58,16 @@ class Sam(nn.Module):
         resized image's (h, w)), then resize to ``original_size`` (H, W); bilinear,
         align_corners=False, as the original code.
         """
-        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        low = masks.shape[-1]
+        f = self.img_size // low
+        if f * low == self.img_size and masks.shape[-2] == low:
+            # Upsample only the low-res cells the crop reads: output row y < h samples rows up to
+            # floor((y + 0.5) / f - 0.5) + 1 <= ceil(h / f), and with the same scale (n / (n f) =
+            # 1 / f) every kept value is computed exactly as in the full upsampling.
+            hl, wl = (min(low, math.ceil(int(v) / f) + 1) for v in input_size[:2])
+            masks = F.interpolate(masks[..., :hl, :wl], (hl * f, wl * f), mode="bilinear", align_corners=False)
+        else:
+            masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         if tuple(masks.shape[-2:]) == tuple(int(v) for v in original_size):
             return masks  # same size: bilinear resizing would copy every value unchanged

@@ -1,0 +1,50 @@
+"""J&F of the trained tiny fixtures (tests/data/trained) on synthetic videos: the test's 12
+(seed 77, items 0..11) and 24 others (items 12..35), both strategies or the ones named.
+
+    python scripts/video_jf.py [points] [mask]
+
+Prints one line per model, strategy and set of videos (J&F, J, F, J recall) and writes them to
+video_jf.json in the current folder.
+"""
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import conftest  # noqa: E402  (the fixtures' loader)
+
+from repvit_sam.evaluation.video_metrics import davis_summary, score_sequence  # noqa: E402
+from repvit_sam.synthetic import make_video, scene_rng  # noqa: E402
+from repvit_sam.utils import write_json_atomic  # noqa: E402
+from repvit_sam.video import Prompts, VideoOptions, VideoPredictor  # noqa: E402
+
+strategies = sys.argv[1:] or ["points", "mask"]
+torch.set_num_threads(2)
+videos = {i: make_video(scene_rng(77, i, "video"), 240, 320, num_frames=24, reenter=(i % 2 == 0)) for i in range(36)}
+
+
+def track(model, video, options):
+    prompts = Prompts()
+    for k in range(1, video.num_objects + 1):
+        prompts.add(0, k, mask=video.id_maps[0] == k)
+    results = list(VideoPredictor(model, options).propagate(list(video.frames), prompts, "forward"))
+    return np.stack([r.label_map(video.id_maps.shape[1:]) for r in results])
+
+
+out = {}
+for name in ("teacher", "student"):
+    model = conftest.trained_model(f"{name}.pt")
+    for strategy in strategies:
+        for part, items in (("test 12", range(12)), ("other 24", range(12, 36))):
+            start = time.time()
+            objects = []
+            for i in items:
+                objects += score_sequence(f"s{i}", list(videos[i].id_maps), list(track(model, videos[i], VideoOptions(strategy=strategy))))
+            s = davis_summary(objects)
+            key = f"{name} {strategy} {part}"
+            out[key] = {k: round(float(s[k]), 4) for k in ("J&F-Mean", "J-Mean", "F-Mean", "J-Recall")}
+            print(key, out[key], f"{time.time() - start:.0f} s", flush=True)
+write_json_atomic(Path("video_jf.json"), out)
