@@ -10,29 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import conftest  # noqa: E402  (the fixtures' loader)
+from test_video_trained import track  # noqa: E402  (tracks a video from its first-frame masks)
 
 from repvit_sam.evaluation.video_metrics import davis_summary, score_sequence  # noqa: E402
 from repvit_sam.synthetic import make_video, scene_rng  # noqa: E402
 from repvit_sam.utils import write_json_atomic  # noqa: E402
-from repvit_sam.video import Prompts, VideoOptions, VideoPredictor  # noqa: E402
+from repvit_sam.video import VideoOptions  # noqa: E402
 
 strategies = sys.argv[1:] or ["points", "mask"]
 torch.set_num_threads(2)
 videos = {i: make_video(scene_rng(77, i, "video"), 240, 320, num_frames=24, reenter=(i % 2 == 0)) for i in range(36)}
-
-
-def track(model, video, options):
-    prompts = Prompts()
-    for k in range(1, video.num_objects + 1):
-        prompts.add(0, k, mask=video.id_maps[0] == k)
-    results = list(VideoPredictor(model, options).propagate(list(video.frames), prompts, "forward"))
-    return np.stack([r.label_map(video.id_maps.shape[1:]) for r in results])
-
 
 out = {}
 for name in ("teacher", "student"):
