@@ -31,8 +31,9 @@ fresh memory for its large intermediates:
 * **The final attention runs only for the tokens that are read**: the IoU token and the
   requested mask tokens (its queries do not interact; the prompt tokens' outputs are unused).
 * **Large intermediates live in reused buffers** (a workspace per decoder, used by one thread
-  at a time; a concurrent call allocates its own). Freshly allocated blocks of many MiB are
-  page-faulted in on every use, which cost more than the arithmetic of some steps here.
+  at a time; a concurrent call allocates its own), and so do ``set_image``'s per-image tensors
+  (kept from image to image). Freshly allocated blocks of many MiB are page-faulted in on every
+  use, which cost more than the arithmetic of some steps here.
 * **A mask prompt is a rank-17 change of the shared first keys.** SAM's mask path ends in a
   1x1 convolution from 16 channels, so a mask prompt's dense embedding is ``W_d F + b_d`` per
   pixel, and its first keys are the no-mask keys plus ``G U`` (``G = [F, 1]``, 17 columns per
@@ -197,9 +198,11 @@ class FastDecoder:
 
     Mask prompts: pass their low-res logits as ``mask_input`` (B or 1, 1, 4h, 4w) (or the
     prompt encoder's ``dense``, which takes the slower general route); without either the
-    no-mask embedding is used. The model's weights are read (at each ``set_image``),
-    never modified; with ``dtype=torch.bfloat16`` the decoder runs on a bfloat16 copy of them
-    taken at construction. Safe to call from several threads.
+    no-mask embedding is used. The model's weights are read, never modified: the matrices
+    derived from them are kept between images and rebuilt at ``set_image`` when a weight has
+    changed (in place or replaced); with ``dtype=torch.bfloat16`` the decoder runs on a bfloat16
+    copy of them taken at construction. Decoding is safe from several threads; ``set_image``
+    must not run while another thread decodes with the same decoder.
     """
 
     def __init__(self, model: Sam, dtype: torch.dtype = torch.float32) -> None:
