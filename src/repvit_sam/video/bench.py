@@ -10,7 +10,9 @@ then one timed run over ``--video-frames`` frames. Per configuration:
   decoder passes, upsampling the final masks, re-initialising points);
 * encoder ms per frame (``SamPredictor.set_image``: resize, normalise, encode);
 * other ms per frame (all the rest) and ``overhead`` = other / encoder, the figure the target
-  (<= 0.15 with 5 objects) is about.
+  (<= 0.15 with 5 objects) is about;
+* the same three figures with every object tracked (:func:`measure_tracked`): with random
+  weights most objects are lost after a few frames, which makes the plain run cheap.
 
 Backend: the first of ``--backends``, else the fastest CPU backend available here: OpenVINO
 bf16, then torch bf16 on CPUs that compute bfloat16 natively; elsewhere OpenVINO fp32 (bf16 is
