@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .points import mask_box
+
 CONFLICT_OVERLAP = 0.7  # two objects whose masks share this much of the smaller one claim the same thing
 
 
@@ -82,13 +84,6 @@ def best_cells(protos: torch.Tensor, features: torch.Tensor, taken: np.ndarray, 
     return best, centres
 
 
-def _box(mask: np.ndarray) -> Tuple[int, int, int, int]:
-    """(row0, row1, col0, col1), end-exclusive, of a non-empty mask's True pixels."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
 def overlap_losers(masks: Dict[int, np.ndarray], protos: Dict[int, torch.Tensor],
                    region_prototype: Callable[[np.ndarray], torch.Tensor]) -> Set[int]:
     """Objects that lose a contested region. Two objects whose masks are mostly the same region
@@ -98,7 +93,7 @@ def overlap_losers(masks: Dict[int, np.ndarray], protos: Dict[int, torch.Tensor]
     ids: List[int] = [k for k, m in masks.items() if m.any() and k in protos]
     if len(ids) < 2:
         return set()
-    boxes = {k: _box(masks[k]) for k in ids}
+    boxes = {k: mask_box(masks[k]).astype(int) for k in ids}  # XYXY, inclusive
     area = {k: int(np.count_nonzero(masks[k])) for k in ids}
     losers: Set[int] = set()
     for a in range(len(ids)):
@@ -106,8 +101,8 @@ def overlap_losers(masks: Dict[int, np.ndarray], protos: Dict[int, torch.Tensor]
             ka, kb = ids[a], ids[b]
             if ka in losers or kb in losers:
                 continue
-            (y0, y1, x0, x1), (v0, v1, u0, u1) = boxes[ka], boxes[kb]
-            r0, r1, c0, c1 = max(y0, v0), min(y1, v1), max(x0, u0), min(x1, u1)
+            (x0, y0, x1, y1), (u0, v0, u1, v1) = boxes[ka], boxes[kb]
+            r0, r1, c0, c1 = max(y0, v0), min(y1, v1) + 1, max(x0, u0), min(x1, u1) + 1
             if r0 >= r1 or c0 >= c1:  # disjoint boxes: nothing shared
                 continue
             inter = np.count_nonzero(masks[ka][r0:r1, c0:c1] & masks[kb][r0:r1, c0:c1])

@@ -63,12 +63,12 @@ def kmedoids(coords: np.ndarray, k: int, seed: int = 0, iterations: int = 20) ->
 def mask_coords(mask: np.ndarray, max_samples: int = MAX_SAMPLES, seed: int = 0) -> np.ndarray:
     """(N, 2) XY of the True pixels (row-major order); a fixed-seed random subset of
     ``max_samples`` if more."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    box = mask_box(mask)
+    if box is None:
         return np.zeros((0, 2), dtype=np.float64)
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    ys, xs = np.nonzero(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])  # inside the bounding box: fewer pixels to scan
-    ys, xs = ys + rows[0], xs + cols[0]
+    x0, y0, x1, y1 = box.astype(int)
+    ys, xs = np.nonzero(mask[y0 : y1 + 1, x0 : x1 + 1])  # inside the bounding box: fewer pixels to scan
+    ys, xs = ys + y0, xs + x0
     coords = np.stack([xs, ys], axis=1).astype(np.float64)
     if len(coords) > max_samples:
         coords = coords[np.random.default_rng(seed).choice(len(coords), max_samples, replace=False)]
@@ -108,6 +108,6 @@ def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))  # only the covered rows hold True pixels
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
 
