@@ -178,12 +178,6 @@ def sparse_embeddings(
     return prompt_encoder(points=points, boxes=boxes, masks=masks)[0]
 
 
-def _project_heads_t(linear: nn.Linear, x: torch.Tensor, h: int, out: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` for x (N, C), split into h heads and transposed: (h, d, N), written to ``out``."""
-    w = _split(linear.weight, h)  # (h, d, C)
-    return torch.baddbmm(linear.bias.view(h, -1, 1), w, x.t().expand(h, -1, -1), out=out)
-
-
 def _softmax(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._softmax.out(x, dim, False, out=out)
 
@@ -270,6 +264,24 @@ class FastDecoder:
         self._b2s = [ct2.bias.repeat(2)] * 2
         self._co, self._c2 = int(co), int(c2)
 
+    def _first_layer_constants(self) -> None:
+        """The prompt-independent terms of the first layer's shared projections, from the
+        current weights: the first keys are ``E + n`` (embedding ``E``, no-mask embedding ``n``)
+        and the keys the attention compares are ``E + n + P`` (positional encoding ``P``), so
+        ``W (E + n + P)^T + b = W E^T + [W (n + P)^T + b]`` and likewise for the values and the
+        unrolled convolution: ``set_image`` is then one product each, on ``E`` as it is."""
+        dt = self.dtype
+        pe_module = self.model.prompt_encoder
+        no_mask = pe_module.no_mask_embed.weight.reshape(1, -1).float()  # (1, C)
+        pos = pe_module.get_dense_pe().flatten(2)[0].t().float() + no_mask  # (HW, C): n + P
+        layer = self.transformer.layers[0]
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        self._k_const = torch.addmm(t2i.k_proj.bias.float()[:, None], t2i.k_proj.weight.float(), pos.t()).to(dt)  # (h*d, HW)
+        self._q_const = torch.addmm(i2t.q_proj.bias.float()[:, None], i2t.q_proj.weight.float(), pos.t()).to(dt)
+        self._v_const = torch.addmm(t2i.v_proj.bias.float()[None], no_mask, t2i.v_proj.weight.float().t()).to(dt)  # (1, h*d)
+        self._m0_32 = self._m[0].float()
+        self._base_const = no_mask @ self._m0_32  # (1, 4*C1), fp32
+
     @torch.no_grad()
     def set_image(self, image_embedding: torch.Tensor) -> None:
         """Precompute the prompt-independent part for ``image_embedding`` (1, C, h, w)."""
@@ -277,34 +289,43 @@ class FastDecoder:
             raise ValueError(f"set_image expects one embedding (1, C, h, w), got {tuple(image_embedding.shape)}")
         pe_module = self.model.prompt_encoder
         dt = self.dtype
-        self._hw = tuple(image_embedding.shape[-2:])
+        hw_shape = tuple(image_embedding.shape[-2:])
+        expected = tuple(pe_module.image_embedding_size)
+        if hw_shape != expected or image_embedding.shape[1] != self.decoder.transformer_dim:
+            raise ValueError(f"set_image expects an embedding (1, {self.decoder.transformer_dim}, {expected[0]}, "
+                             f"{expected[1]}) for this model, got {tuple(image_embedding.shape)}")
+        self._hw = hw_shape
         key = self._weights_key()
         if key != self._weights_seen:  # matrices and positional encoding from the current weights
             self._upscaling_matrices()
             self._key_pe = pe_module.get_dense_pe().flatten(2).transpose(1, 2).to(dt).contiguous()  # (1, HW, C)
             self._mask_matrices()
+            self._first_layer_constants()
             self._weights_seen = key
         # The per-image tensors below live in buffers kept from image to image (fresh blocks of
         # MiBs are page-faulted in at every use); ``base`` is new each time (a TokenState keeps it).
         buf: Buffers = lambda name, shape, dtype: self._image_ws._get(name, shape, dtype, image_embedding.device)  # noqa: E731
         hw, c = math.prod(self._hw), image_embedding.shape[1]
-        emb = image_embedding.flatten(2).transpose(1, 2)  # (1, HW, C), a view
-        self._embedding = buf("embedding", (1, hw, c), dt).copy_(emb)
+        e = image_embedding[0].flatten(1)  # (C, HW), a view
+        self._embedding = buf("embedding", (1, hw, c), dt)
+        self._embedding[0].copy_(e.t())  # the one transposed copy
+        emb = self._embedding[0]  # (HW, C)
         no_mask = pe_module.no_mask_embed.weight.reshape(1, 1, -1)
+        keys = torch.add(self._embedding, no_mask.to(dt), out=buf("keys", (1, hw, c), dt))
         # the first keys through the unrolled convolution, in fp32 then rounded once
-        keys32 = torch.add(emb.float(), no_mask.float(), out=buf("keys32", (1, hw, c), torch.float32))
-        keys = keys32 if dt == torch.float32 else torch.add(self._embedding, no_mask.to(dt), out=buf("keys", (1, hw, c), dt))
-        self._base = (keys32 @ self._m[0].float()).to(dt)  # (1, HW, 4*C1)
+        e32 = emb if dt == torch.float32 else e.t().float()
+        self._base = torch.addmm(self._base_const, e32, self._m0_32).to(dt)[None]  # (1, HW, 4*C1)
         layer = self.transformer.layers[0]
-        kpe = torch.add(keys, self._key_pe, out=buf("kpe", (1, hw, c), dt))
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        h = t2i.num_heads
-        # the projections made directly in the layouts the attention reads (no permuted copies)
-        k_t = _project_heads_t(t2i.k_proj, kpe[0], h, buf("k_t", (h, t2i.internal_dim // h, hw), dt))  # (h, d, HW)
-        wv = _split(t2i.v_proj.weight, h)  # (h, d, C)
-        v = torch.baddbmm(t2i.v_proj.bias.view(h, 1, -1), keys[0].expand(h, -1, -1), wv.transpose(1, 2),
-                          out=buf("v", (h, hw, t2i.internal_dim // h), dt))  # (h, HW, d)
-        q_t = _project_heads_t(i2t.q_proj, kpe[0], i2t.num_heads, buf("q_t", (i2t.num_heads, i2t.internal_dim // i2t.num_heads, hw), dt))
+        h, hq = t2i.num_heads, i2t.num_heads
+        d, dq = t2i.internal_dim // h, i2t.internal_dim // hq
+        # the projections, made directly in the layouts the attention reads: keys and pixel
+        # queries (heads, d, HW), values (heads, HW, d)
+        k_t = torch.addmm(self._k_const, t2i.k_proj.weight, emb.t(), out=buf("k_t", (h * d, hw), dt)).view(h, d, hw)
+        q_t = torch.addmm(self._q_const, i2t.q_proj.weight, emb.t(), out=buf("q_t", (hq * dq, hw), dt)).view(hq, dq, hw)
+        v_rows = torch.addmm(self._v_const, emb, t2i.v_proj.weight.t(), out=buf("v_rows", (hw, h * d), dt))
+        v = buf("v", (h, hw, d), dt).copy_(v_rows.view(hw, h, d).transpose(0, 1))
+        kpe = torch.add(keys, self._key_pe, out=buf("kpe", (1, hw, c), dt))
         self._shared = (keys, kpe, k_t, v, q_t)
         self._q_proj: Optional[torch.Tensor] = None  # (1, HW, h*d), made from q_t when the plain route needs it
 
