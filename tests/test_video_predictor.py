@@ -145,6 +145,22 @@ def test_options_are_checked():
         VideoOptions(iou_threshold=1.5)
     with pytest.raises(ValueError, match="positive_points must be at least 1"):
         VideoOptions(positive_points=0)
+    with pytest.raises(ValueError, match="decoder_precision must be one of auto, fp32, bf16, got 'fp16'"):
+        VideoOptions(decoder_precision="fp16")
+
+
+@pytest.mark.parametrize("precision, backend, expected", [
+    ("auto", None, torch.float32), ("auto", "openvino", torch.float32), ("auto", "openvino-bf16", torch.bfloat16),
+    ("auto", "bf16", torch.bfloat16), ("auto", "cuda-bf16", torch.bfloat16), ("fp32", "openvino-bf16", torch.float32),
+    ("bf16", None, torch.bfloat16),
+])
+def test_decoder_precision_follows_the_encoder_backend_when_auto(tiny_model, precision, backend, expected):
+    from repvit_sam.video.options import decoder_dtype
+
+    assert decoder_dtype(precision, backend) == expected
+    if backend is None:  # the predictor's decoder takes it
+        vp = VideoPredictor(tiny_model, VideoOptions(decoder_precision=precision))
+        assert vp.decoder.dtype == expected
 
 
 def test_label_map_gives_overlaps_to_the_higher_score():

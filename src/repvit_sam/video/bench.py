@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tracking strategies (default: points mask)")
     g.add_argument("--refine", type=int, nargs="+", default=[12, 0], metavar="R",
                    help="refinement passes per frame to measure (default 12 = SAM-PT's, and 0)")
-    g.add_argument("--decoder-precision", choices=("fp32", "bf16"), default="fp32", help="mask decoder arithmetic (default fp32)")
+    g.add_argument("--decoder-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="mask decoder arithmetic (default auto: bf16 with a bf16 encoder backend, else fp32)")
 
 
 def pick_backend(requested: Optional[Sequence[str]]) -> str:
@@ -198,17 +199,27 @@ def run_video_bench(args: argparse.Namespace) -> Dict[str, Any]:
         "model": name, "pretrained": bool(args.pretrained), "input_size": args.size, "backend": backend,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "clip": f"synthetic 854x480, {len(frames)} timed frames, 5 moving objects",
-        "decoder_precision": args.decoder_precision, "iou_threshold": VideoOptions.iou_threshold if args.pretrained else 0.0,
+        "decoder_precision": _precision(args.decoder_precision, backend), "iou_threshold": VideoOptions.iou_threshold if args.pretrained else 0.0,
         "target": "overhead <= 0.15 with 5 objects",
         "rows": rows,
     }
     return report
 
 
+def _precision(requested: str, backend: str) -> str:
+    """The decoder precision a run used: ``bf16`` / ``fp32``, with ``(auto)`` when chosen by the backend."""
+    import torch
+
+    from .options import decoder_dtype
+
+    got = "bf16" if decoder_dtype(requested, backend) == torch.bfloat16 else "fp32"
+    return f"{got} (auto)" if requested == "auto" else got
+
+
 def markdown(report: Dict[str, Any]) -> str:
     lines = [
         f"Video tracking, {report['model']} ({'official' if report['pretrained'] else 'random'} weights), backend "
-        f"{report['backend']} on {report['device']}, {report['threads']} threads, {report['date']}; {report['clip']}.",
+        f"{report['backend']} on {report['device']}, {report.get('decoder_precision', 'fp32')} decoder, {report['threads']} threads, {report['date']}; {report['clip']}.",
         "",
         "| strategy | refine passes | objects | frames/s | encoder ms/frame | other ms/frame | overhead (other / encoder) | non-empty masks "
         "| every object tracked: encoder ms | other ms | overhead |",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 STRATEGIES = ("points", "mask")
+DECODER_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -35,14 +36,15 @@ class VideoOptions:
     redetect_threshold: float = _opt(0.8, "cosine similarity to the object's prototype needed to re-detect it")
     exclusive: bool = _opt(True, "two objects whose masks cover mostly the same region: it goes to the one whose prototype it resembles more")
     verify_threshold: float = _opt(0.3, "a tracked mask whose prototype's cosine similarity to the object's is below this is empty (-1: off)")
-    decoder_precision: str = _opt("fp32", "mask decoder arithmetic: fp32 or bf16", choices=("fp32", "bf16"))
+    decoder_precision: str = _opt("auto", "mask decoder arithmetic: fp32, bf16, or auto = bf16 when the encoder backend computes in bf16 "
+                                  "(its name has bf16), else fp32", choices=DECODER_PRECISIONS)
     seed: int = _opt(0, "seed of the K-Medoids initialisation")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.decoder_precision not in ("fp32", "bf16"):
-            raise ValueError(f"decoder_precision must be fp32 or bf16, got {self.decoder_precision!r}")
+        if self.decoder_precision not in DECODER_PRECISIONS:
+            raise ValueError(f"decoder_precision must be one of {', '.join(DECODER_PRECISIONS)}, got {self.decoder_precision!r}")
         for name in ("positive_points", "mask_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -85,3 +87,15 @@ def from_args(args: argparse.Namespace) -> VideoOptions:
         return VideoOptions(**values)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def decoder_dtype(precision: str, backend: "str | None") -> "torch.dtype":
+    """The mask decoder's dtype for ``VideoOptions.decoder_precision`` with this encoder backend:
+    ``auto`` follows the encoder (bfloat16 for the ``*bf16*`` backends, whose embeddings already
+    carry bfloat16 rounding, and which are the default only where the hardware computes bfloat16
+    natively), else float32."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if backend is not None and "bf16" in backend else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32

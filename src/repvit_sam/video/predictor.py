@@ -62,7 +62,7 @@ from ..inference.predictor import SamPredictor
 from ..modeling.sam import Sam
 from .frames import FrameSource, FramesLike, open_frames
 from .appearance import best_cells, overlap_losers, prototypes, unit_cells
-from .options import VideoOptions
+from .options import VideoOptions, decoder_dtype
 from .prompts import FrameResult, ObjectPrompt, Prompts
 from .points import mask_box, mask_medoid, mask_points, query_points
 from .trackers import LucasKanadeTracker, PointTracker
@@ -100,8 +100,7 @@ class VideoPredictor:
         self.options = options or VideoOptions()
         self.predictor = SamPredictor(model, backend=backend)
         self.tracker = tracker
-        dtype = torch.bfloat16 if self.options.decoder_precision == "bf16" else torch.float32
-        self.decoder = FastDecoder(model, dtype=dtype)
+        self.decoder = FastDecoder(model, dtype=decoder_dtype(self.options.decoder_precision, backend))
         self.transform = self.predictor.transform
         self.frames_encoded = 0  # image-encoder calls, for tests and the benchmark
         self.encode_seconds = 0.0  # wall time of those calls (set_image: resize, normalise, encode)
