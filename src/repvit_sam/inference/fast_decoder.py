@@ -178,6 +178,16 @@ def sparse_embeddings(
     return prompt_encoder(points=points, boxes=boxes, masks=masks)[0]
 
 
+def _add_low_rank(logits: torch.Tensor, coef: torch.Tensor, g: torch.Tensor, b: int) -> None:
+    """``logits[h, (j, i)] += coef[h, (j, i)] @ g[j]^T`` in place, for logits (h, B*N, HW), coef
+    (h, B*N, r) and the per-prompt columns g (B, HW, r): one batched product per head (a
+    broadcast over heads would copy ``g`` once per head)."""
+    h, bn, hw = logits.shape
+    g_t = g.transpose(1, 2)  # (B, r, HW), a view
+    for i in range(h):
+        logits[i].view(b, bn // b, hw).baddbmm_(coef[i].view(b, bn // b, -1), g_t)
+
+
 def _softmax(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._softmax.out(x, dim, False, out=out)
 
@@ -395,8 +405,7 @@ class FastDecoder:
             logits = torch.bmm(qh, k_t, out=buf("logits", (h, b * n, hw), dt))
             if low is not None:  # + (q W_k U^T) G^T per prompt
                 g, pk, _ = low
-                g_t = g.transpose(1, 2)[None]  # (1, B, r+1, HW)
-                logits.view(h, b, n, hw).add_(torch.bmm(qh, pk).view(h, b, n, -1) @ g_t)
+                _add_low_rank(logits, torch.bmm(qh, pk), g, b)
             attn = _softmax(logits, -1, buf("attn", (h, b * n, hw), dt))
             out = torch.bmm(attn, v).view(h, b, n, d)
             if low is not None:  # + (attn G) (W_v U^T)^T per prompt
@@ -432,7 +441,7 @@ class FastDecoder:
             logits = torch.bmm(kh_t, q_t, out=buf("logits", (h, b * n, hw), dt))
             if low is not None:  # + (k W_q U^T) G^T per prompt (mask prompts, see _mask_matrices)
                 g, pq = low
-                logits.view(h, b, n, hw).add_(torch.bmm(kh_t, pq).view(h, b, n, -1) @ g.transpose(1, 2)[None])
+                _add_low_rank(logits, torch.bmm(kh_t, pq), g, b)
             logits = logits.view(h, b, n, hw).transpose(0, 1)  # (B, h, N, HW), a view
         else:
             m = torch.einsum("bnhd,hdc->bhnc", kh, _split(a.q_proj.weight, h)).reshape(b, h * n, -1)  # (B, h*N, C)
