@@ -557,7 +557,7 @@ class FastDecoder:
                 attns.append(a)
                 values.append(vo)
             if first and low is not None:
-                x.baddbmm_(low, u[None].expand(b, -1, -1))  # the first keys' G U
+                x.view(b * hw, c).addmm_(low.reshape(b * hw, -1), u)  # the first keys' G U, one product
             norm = layer.norm4
             keys = k_bufs[1] if x is k_bufs[0] else k_bufs[0]
             rstd = buf(f"rstd{i}", (b, hw, 1), dt)
