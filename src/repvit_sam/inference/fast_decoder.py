@@ -7,7 +7,9 @@ fresh memory for its large intermediates:
 * **Work that does not depend on the prompt is done once per image.** Without a mask prompt
   the dense embedding is the constant ``no_mask_embed``, so the first layer's image keys are
   the same for every prompt: their key/value projections (token -> image attention) and query
-  projection (image -> token attention) are computed in ``set_image`` and shared.
+  projection (image -> token attention) are computed in ``set_image`` and shared. Their
+  positional-encoding and no-mask terms depend only on the weights, so they are kept with the
+  other weight-derived matrices and ``set_image`` is one product each on the embedding.
 * **Projections move to the 7 tokens instead of the 4096 pixels.** In token -> image attention
   on per-prompt keys ``K``, ``q_h . (W_k,h k + b) = (W_k,h^T q_h) . k + const`` (the constant
   cancels in the softmax) and ``softmax . (K W_v^T + b) = (softmax . K) W_v^T + b`` (rows sum
