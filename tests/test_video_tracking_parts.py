@@ -118,14 +118,18 @@ def test_cell_weights_equal_resize_pad_and_pool(frame, input_size, img_size, gri
 
     from repvit_sam.video.appearance import cell_weights
 
-    masks = np.random.default_rng(sum(frame)).random((3, *frame)) > 0.6
+    rng = np.random.default_rng(sum(frame))
+    masks = rng.random((4, *frame)) > 0.6
     masks[1] = False
+    masks[3] = False  # a compact object away from the borders: only its bounding box enters
+    h, w = frame
+    masks[3, h // 4 : h // 2, w // 3 : w // 2] = rng.random((h // 2 - h // 4, w // 2 - w // 3)) > 0.2
     feats = torch.zeros(1, 8, grid, grid)
     m = F.interpolate(torch.as_tensor(masks, dtype=torch.float32)[:, None], size=input_size, mode="bilinear", align_corners=False)
     m = F.pad(m, (0, img_size - input_size[1], 0, img_size - input_size[0]))
     want = F.adaptive_avg_pool2d(m, (grid, grid))[:, 0]
     got = cell_weights(masks, feats, input_size, img_size)
-    assert got.shape == (3, grid, grid)
+    assert got.shape == (4, grid, grid)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert float(got[1].abs().max()) == 0.0
 

@@ -38,13 +38,22 @@ def cell_weights(masks: np.ndarray, features: torch.Tensor, input_size: Tuple[in
 
     Bilinear resizing, zero padding and average pooling are each separable, so the whole map is
     ``R_y M R_x^T`` with two small matrices: a few matrix products instead of resizing every mask
-    to the model's input (equal to doing so up to float rounding)."""
+    to the model's input (equal to doing so up to float rounding). Only the rows and columns of
+    each mask's bounding box enter the products (the rest of ``M`` is zero): an object covering a
+    few percent of the frame costs a few percent of the full product."""
     gh, gw = features.shape[-2:]
     b, h, w = masks.shape
     ry = _axis_map(h, input_size[0], img_size, gh).to(features.device)  # (gh, H)
     rx = _axis_map(w, input_size[1], img_size, gw).to(features.device)  # (gw, W)
-    m = torch.as_tensor(masks, device=features.device).to(torch.float32)
-    return ry @ (m @ rx.t())
+    out = torch.zeros(b, gh, gw, device=features.device)
+    for i in range(b):
+        box = mask_box(masks[i])
+        if box is None:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in box)
+        m = torch.as_tensor(np.ascontiguousarray(masks[i, y0 : y1 + 1, x0 : x1 + 1]), device=features.device).to(torch.float32)
+        out[i] = ry[:, y0 : y1 + 1] @ (m @ rx[:, x0 : x1 + 1].t())
+    return out
 
 
 @torch.no_grad()
