@@ -545,7 +545,9 @@ class FastDecoder:
             i2t = layer.cross_attn_image_to_token
             if plain:
                 # shared pixel queries plus the mask prompts' terms, or projected from kpe
-                q_proj = torch.baddbmm(self._pixel_queries(), low, pq.t()[None].expand(b, -1, -1)) if first and low is not None else None
+                q_proj = None
+                if first and low is not None:  # the mask prompts' G (W_q U^T)^T, one product over all pixels of the batch
+                    q_proj = (low.reshape(b * hw, -1) @ pq.t()).view(b, hw, -1).add_(self._pixel_queries())
                 update = _attention(i2t, kpe, queries + query_pe, queries, q_proj=q_proj)  # (B, HW, C)
                 x = torch.add(keys, update, out=k_bufs[1] if keys is k_bufs[0] else k_bufs[0])
             else:

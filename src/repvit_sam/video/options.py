@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 STRATEGIES = ("points", "mask")
 DECODER_PRECISIONS = ("auto", "fp32", "bf16")
@@ -89,7 +92,7 @@ def from_args(args: argparse.Namespace) -> VideoOptions:
         raise UsageError(str(e)) from None
 
 
-def decoder_dtype(precision: str, backend: "str | None") -> "torch.dtype":
+def decoder_dtype(precision: str, backend: Optional[str]) -> torch.dtype:
     """The mask decoder's dtype for ``VideoOptions.decoder_precision`` with this encoder backend:
     ``auto`` follows the encoder (bfloat16 for the ``*bf16*`` backends, whose embeddings already
     carry bfloat16 rounding, and which are the default only where the hardware computes bfloat16
