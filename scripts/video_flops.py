@@ -20,12 +20,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from repvit_sam.inference.fast_decoder import FastDecoder
+from repvit_sam.measure import count_gflop
 from repvit_sam.registry import build_sam
 
 OBJECTS, POSITIVE, REFINE = 5, 8, 12
 
 
 def gflop(fn) -> float:
+    """GFLOP of a call (``measure.count_gflop`` counts a module's forward; these are decoder calls)."""
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 1e9
@@ -35,14 +37,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_sam("repvit").eval()
     pe, g = model.prompt_encoder, torch.Generator().manual_seed(0)
+    encoder = count_gflop(model.image_encoder, (1, 3, 1024, 1024))
     with torch.no_grad():
-        x = torch.randn(1, 3, 1024, 1024, generator=g)
-        encoder = gflop(lambda: model.image_encoder(x))
         dec = FastDecoder(model)
-        emb = model.image_encoder(x)
+        emb = torch.randn(1, 256, *model.prompt_encoder.image_embedding_size, generator=g)  # the count does not depend on its values
         set_image = gflop(lambda: dec.set_image(emb))
 
-        def sparse(n_points: int, n_positive: int, box: bool, mask: bool):
+        def sparse(n_points: int, n_positive: int, box: bool):
             coords = torch.rand(OBJECTS, n_points, 2, generator=g) * 1024
             labels = (torch.arange(n_points) < n_positive).int().expand(OBJECTS, n_points)
             boxes = torch.sort(torch.rand(OBJECTS, 2, 2, generator=g) * 1024, dim=1).values.flatten(1) if box else None
@@ -50,8 +51,7 @@ def main() -> None:
 
         low = torch.randn(OBJECTS, 1, 256, 256, generator=g)
         n2 = POSITIVE + 1 + (OBJECTS - 1) * POSITIVE
-        s1, s2, sr, sm = sparse(POSITIVE, POSITIVE, False, False), sparse(n2, POSITIVE, False, True), \
-            sparse(n2, POSITIVE, True, True), sparse(1, 1, True, True)
+        s1, s2, sr, sm = sparse(POSITIVE, POSITIVE, False), sparse(n2, POSITIVE, False), sparse(n2, POSITIVE, True), sparse(1, 1, True)
         pass1 = gflop(lambda: dec(s1, None, False))
         pass2 = gflop(lambda: dec(s2, None, False, mask_input=low))
         refine = gflop(lambda: dec(sr, None, False, mask_input=low))
