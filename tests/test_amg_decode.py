@@ -208,3 +208,71 @@ def test_progress_reports_every_grid_point_once(model, kwargs):
     assert seen and all(t == total for _, t in seen)
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] == total and done[0] > 0
+
+
+# --------------------------------------------------------------------------- use_m2m (SAM 2's refinement)
+def test_m2m_record_is_the_mask_decoded_again_with_its_own_logits(disc_model):
+    """With use_m2m, each record is what the predictor gives for its point with that mask's own
+    low-res logits as the mask prompt (single output): one point, filters off, three records."""
+    from repvit_sam import SamPredictor
+
+    torch.manual_seed(1)
+    img = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    kw = dict(points_per_side=1, pred_iou_thresh=-10.0, stability_score_thresh=0.0, box_nms_thresh=1.0, output_mode="uncompressed_rle")
+    plain = SamAutomaticMaskGenerator(disc_model, impl="reference", **kw).generate(img)
+    recs = SamAutomaticMaskGenerator(disc_model, impl="reference", use_m2m=True, **kw).generate(img)
+    pred = SamPredictor(disc_model)
+    pred.set_image(img)
+    point = np.array([[32.0, 24.0]])
+    assert [r["point_coords"] for r in recs] == [point.tolist()] * 3
+    _, _, low = pred.predict(point_coords=point, point_labels=np.ones(1), multimask_output=True, return_logits=True)
+    want = []
+    for k in range(3):
+        _, score, _ = pred.predict(point_coords=point, point_labels=np.ones(1), mask_input=low[k : k + 1], multimask_output=False)
+        want.append(float(score[0]))
+    np.testing.assert_allclose(sorted(r["predicted_iou"] for r in recs), sorted(want), atol=1e-5)
+    # and not the plain masks' scores: the second pass changed them
+    assert max(abs(a - b) for a, b in zip(sorted(r["predicted_iou"] for r in recs), sorted(r["predicted_iou"] for r in plain))) > 1e-3
+
+
+def test_m2m_fast_equals_reference(model):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    kw = dict(points_per_side=5, pred_iou_thresh=-10.0, stability_score_thresh=0.0, box_nms_thresh=1.0, use_m2m=True)
+    ref = SamAutomaticMaskGenerator(model, impl="reference", points_per_batch=7, **kw).generate(img)
+    fast = SamAutomaticMaskGenerator(model, points_per_batch=7, **kw).generate(img)
+    assert len(ref) == len(fast) == 5 * 5 * 3
+    a = compare_records(ref, fast, min_iou=0.99)
+    assert a["matched"] == len(ref)
+    assert a["max_predicted_iou_diff"] < 1e-3 and a["max_stability_diff"] < 1e-3
+
+
+def test_m2m_filters_on_the_refined_scores_in_both_paths(disc_model):
+    """A predicted-IoU threshold in the widest gap between the refined scores keeps the same
+    masks in both paths (the scores of random tiny_repvit weights are positive, where the filter
+    applies)."""
+    img = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    kw = dict(points_per_side=5, pred_iou_thresh=-10.0, stability_score_thresh=0.0, box_nms_thresh=1.0, use_m2m=True)
+    ref = SamAutomaticMaskGenerator(disc_model, impl="reference", **kw).generate(img)
+    scores = np.sort([r["predicted_iou"] for r in ref])
+    assert scores[0] > 0
+    k = int(np.argmax(np.diff(scores)))  # far from both paths' rounding (< 1e-5 apart)
+    assert scores[k + 1] - scores[k] > 1e-4
+    kw.update(pred_iou_thresh=float(scores[k] + scores[k + 1]) / 2)
+    ref2 = SamAutomaticMaskGenerator(disc_model, impl="reference", **kw).generate(img)
+    fast2 = SamAutomaticMaskGenerator(disc_model, **kw).generate(img)
+    assert len(ref2) == len(ref) - k - 1 and len(fast2) == len(ref2)
+    assert compare_records(ref2, fast2, min_iou=0.99)["matched"] == len(ref2)
+
+
+def test_m2m_option_errors_and_flag(model):
+    import argparse
+
+    from repvit_sam import AmgOptions
+
+    with pytest.raises(ValueError, match="use_m2m must be True or False, got 'yes'"):
+        SamAutomaticMaskGenerator(model, use_m2m="yes")
+    p = argparse.ArgumentParser()
+    AmgOptions.add_arguments(p)
+    assert AmgOptions.from_namespace(p.parse_args(["--use-m2m"])).use_m2m is True
+    assert AmgOptions.from_namespace(p.parse_args([])).use_m2m is False

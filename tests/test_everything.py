@@ -128,3 +128,20 @@ def test_empty_result_writes_empty_annotations(tmp_path, folder, tiny, capsys):
     assert ann["annotations"] == [] and ann["image"]["width"] == 80
     # nothing to draw: the overlay is the image itself
     np.testing.assert_array_equal(np.array(Image.open(out / "a_overlay.png")), np.array(Image.open(folder / "a.png")))
+
+
+def test_use_m2m_flag_reaches_the_generator(tmp_path, folder, tiny, capsys):
+    """`--use-m2m` gives the records of SamAutomaticMaskGenerator(use_m2m=True), not the plain ones."""
+    from repvit_sam import SamAutomaticMaskGenerator
+    from repvit_sam.io import load_image
+
+    opts = dict(points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0)
+    scores = {}
+    for m2m in (False, True):
+        out = tmp_path / f"out{m2m}"
+        code, _, _ = run(["everything", folder / "a.png", "-o", out, *FAST, *(["--use-m2m"] if m2m else [])], capsys)
+        assert code == 0
+        scores[m2m] = sorted(a["predicted_iou"] for a in json.loads((out / "a.json").read_text())["annotations"])
+        want = SamAutomaticMaskGenerator(tiny, use_m2m=m2m, **opts).generate(load_image(folder / "a.png"))
+        np.testing.assert_allclose(scores[m2m], sorted(r["predicted_iou"] for r in want), atol=1e-6)
+    assert scores[False] != scores[True]

@@ -6,7 +6,9 @@ and defaults, same ``generate`` records), written from the published algorithm:
 1. crop boxes: the whole image (layer 0), then for layer k >= 1 a 2^k x 2^k grid of
    overlapping crops;
 2. for each crop: embed it, decode a point grid (scaled to the crop) with three masks per
-   point (a :mod:`~.decode` strategy), keep masks with predicted IoU > ``pred_iou_thresh`` and
+   point (a :mod:`~.decode` strategy); with ``use_m2m`` (SAM 2's mask-to-mask refinement)
+   decode each of those masks once more, prompted by its point and its own low-res logits,
+   and keep the refined mask and its predicted IoU instead; keep masks with predicted IoU > ``pred_iou_thresh`` and
    stability score >= ``stability_score_thresh``, binarise, drop masks touching a crop edge that
    is not an image edge, NMS within the crop (scores = predicted IoU);
 3. across crops: NMS preferring smaller crops (scores = 1 / crop area);
@@ -37,11 +39,12 @@ class SamAutomaticMaskGenerator:
     """Masks for everything in an image, from a grid of point prompts (segment_anything's API).
 
     The arguments are :class:`AmgOptions`' fields (their docs: ``AmgOptions`` or
-    ``repvit-sam everything --help``), segment_anything's positionally and this package's speed
-    options (``impl``, ``precision``, ``backend``, ``sampling``, ``coarse_points_per_side``)
-    keyword-only. ``predictor``: the :class:`SamPredictor` that embeds each crop (e.g. one that
-    caches embeddings); default a new one on ``backend``. ``from_options(model, options)`` builds one from an ``AmgOptions``. In the
-    fast path ``points_per_batch`` only caps the prompts per decoder pass.
+    ``repvit-sam everything --help``): segment_anything's positionally; this package's speed
+    options (``impl``, ``precision``, ``backend``, ``sampling``, ``coarse_points_per_side``) and
+    SAM 2's ``use_m2m`` keyword-only. ``predictor``: the :class:`SamPredictor` that embeds each
+    crop (e.g. one that caches embeddings); default a new one on ``backend``.
+    ``from_options(model, options)`` builds one from an ``AmgOptions``. In the fast path
+    ``points_per_batch`` only caps the prompts per decoder pass.
     """
 
     def __init__(
@@ -67,12 +70,13 @@ class SamAutomaticMaskGenerator:
         sampling: str = "grid",
         coarse_points_per_side: Optional[int] = None,
         predictor: Optional[SamPredictor] = None,
+        use_m2m: bool = False,
     ) -> None:
         opts = AmgOptions(
             points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
             box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio, crop_n_points_downscale_factor,
             None if point_grids is None else tuple(point_grids), min_mask_region_area, output_mode,
-            impl, precision, sampling, coarse_points_per_side, backend,
+            impl, precision, sampling, coarse_points_per_side, backend, use_m2m,
         ).check()
         self.options = opts
         self.point_grids = opts.grids()
@@ -87,9 +91,9 @@ class SamAutomaticMaskGenerator:
         self.decode: DecodeStrategy
         if opts.impl == "fast":
             dtype = torch.bfloat16 if opts.precision == "bf16" else torch.float32
-            self.decode = FastDecode(self.predictor, mask_filter, int(points_per_batch), dtype)
+            self.decode = FastDecode(self.predictor, mask_filter, int(points_per_batch), dtype, m2m=bool(use_m2m))
         else:
-            self.decode = ReferenceDecode(self.predictor, mask_filter, int(points_per_batch))
+            self.decode = ReferenceDecode(self.predictor, mask_filter, int(points_per_batch), m2m=bool(use_m2m))
         self._progress: Optional[Callable[[int, int], None]] = None
         self._points_done = self._points_total = 0
 

@@ -34,7 +34,7 @@ def _opt(default: Any, help: str, *, lo: Optional[float] = None, hi: Optional[fl
 @dataclass(frozen=True)
 class AmgOptions:
     """segment_anything's ``SamAutomaticMaskGenerator`` parameters (same names and defaults),
-    then this package's speed options."""
+    then this package's speed options, then SAM 2's mask-to-mask refinement (``use_m2m``)."""
 
     points_per_side: Optional[int] = _opt(32, "points per side of the prompt grid (points_per_side^2 prompts on layer 0)", lo=1)
     points_per_batch: int = _opt(64, "prompts decoded at once (memory vs speed)", lo=1)
@@ -59,6 +59,9 @@ class AmgOptions:
                                                  lo=1, group="speed")
     backend: Optional[str] = _opt(None, "image-encoder backend (see `repvit-sam bench`); default: the model as given",
                                   group="speed")
+    use_m2m: bool = _opt(False, "decode every candidate mask once more, before the filters, prompted by its point and "
+                                "its own low-res logits (SAM 2's use_m2m): masks closer to the objects, at several times "
+                                "the decoder's work (every mask is upscaled for its second pass)", group="quality")
 
     # ------------------------------------------------------------------ validation
     def check(self) -> "AmgOptions":
@@ -67,6 +70,8 @@ class AmgOptions:
             value = getattr(self, f.name)
             if f.metadata["choices"] and value not in f.metadata["choices"]:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(repr, f.metadata['choices']))}; got {value!r}")
+            if f.type == "bool" and not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{f.name} must be True or False, got {value!r}")
             if f.type in ("int", "float", "Optional[int]") and value is not None:
                 _check_number(f.name, value, f.metadata["lo"], f.metadata["hi"], integer=_is_integer(f))
         if self.impl == "reference" and (self.precision != "fp32" or self.sampling != "grid"):
@@ -123,15 +128,18 @@ class AmgOptions:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One ``--option-name`` per field (groups "generator" and "speed"), defaults and help
+        """One ``--option-name`` per field (groups "generator", "speed" and "quality"; a bool is a flag), defaults and help
         from the fields."""
         groups: Dict[str, Any] = {
             "generator": parser.add_argument_group("generator (segment_anything's SamAutomaticMaskGenerator parameters)"),
             "speed": parser.add_argument_group("speed"),
+            "quality": parser.add_argument_group("mask quality"),
         }
         for f in cls.cli_fields():
             kwargs: Dict[str, Any] = {"default": f.default, "help": f"{f.metadata['help']} (default {f.default})"}
-            if f.metadata["choices"]:
+            if f.type == "bool":
+                kwargs.update(action="store_true", help=f.metadata["help"])
+            elif f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
             elif "int" in f.type:
                 kwargs["type"] = int
