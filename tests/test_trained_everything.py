@@ -23,6 +23,8 @@ FILTERS = dict(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0
 EVERYTHING = dict(FILTERS, crop_n_layers=1, crop_n_points_downscale_factor=2, use_m2m=True)
 FOUND_AT_HALF = 0.3  # an untrained model finds none
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model decodes fastest on one thread (24 s against 49 s here)
+
 
 def _best_ious(model, held_out, scenes: int = 10, **options) -> np.ndarray:
     """For each annotated object of the first ``scenes`` scenes, its best IoU with a generated mask."""
