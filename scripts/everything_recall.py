@@ -17,6 +17,7 @@ from PIL import Image
 
 from repvit_sam import SamAutomaticMaskGenerator
 from repvit_sam.evaluation.datasets import ann_to_mask
+from repvit_sam.evaluation.metrics import mask_iou
 from repvit_sam.inference.masks import rle_to_mask
 from repvit_sam.io import load_image
 from repvit_sam.registry import build_sam
@@ -57,7 +58,7 @@ def main() -> None:
             masks = [rle_to_mask(r["segmentation"]) for r in gen.generate(image)]
             if k == 0:
                 first_masks[name] = masks
-            best += [max(((m & g).sum() / max((m | g).sum(), 1) for m in masks), default=0.0) for g in gts]
+            best += [max((mask_iou(m, g) for m in masks), default=0.0) for g in gts]
         b = np.array(best)
         rows.append((name, (b >= 0.8).sum(), len(b), (b >= 0.5).mean(), b.mean(), time.perf_counter() - t0))
     print(f"{args.checkpoint}, {args.scenes} held-out scenes, {rows[0][2]} objects; filters: predicted IoU > 0.5, stability >= 0.7\n")

@@ -16,6 +16,7 @@ import pytest
 
 from repvit_sam import SamAutomaticMaskGenerator
 from repvit_sam.evaluation.datasets import ann_to_mask
+from repvit_sam.evaluation.metrics import mask_iou
 from repvit_sam.inference.masks import rle_to_mask
 from repvit_sam.io import load_image
 
@@ -36,7 +37,7 @@ def _best_ious(model, held_out, scenes: int = 10, **options) -> np.ndarray:
         masks = [rle_to_mask(r["segmentation"]) for r in gen.generate(image)]
         for a in (a for a in data["annotations"] if a["image_id"] == info["id"]):
             g = ann_to_mask(a, info["height"], info["width"])
-            best = max(((m & g).sum() / max((m | g).sum(), 1) for m in masks), default=0.0)
+            best = max((mask_iou(m, g) for m in masks), default=0.0)
             best_ious.append(best)
     return np.array(best_ious)
 

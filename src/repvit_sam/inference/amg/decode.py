@@ -162,8 +162,8 @@ class FastDecode:
         h, w = crop_size
         full_chunk = max(1, min(FULLRES_CHUNK, FULLRES_PIXELS // max(1, h * w)))
         token_chunk, mask_chunk = (min(n, self.points_per_batch) for n in dec.pass_sizes)
+        candidates = self._refined if self.m2m else self._candidates
         for i in range(0, len(points), token_chunk):
-            candidates = self._refined if self.m2m else self._candidates
             low_parts, iou_parts, pt_parts = candidates(sparse[i : i + token_chunk], i, multi_index, token_chunk, mask_chunk)
             if low_parts:
                 low, ious, pidx = torch.cat(low_parts), torch.cat(iou_parts), torch.cat(pt_parts)
