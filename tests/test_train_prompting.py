@@ -97,3 +97,19 @@ def test_prompt_loop_mask_loss_choice():
     assert sorted(MASK_LOSSES) == ["bce-dice", "sam"]
     with pytest.raises(ValueError, match="mask_loss must be one of sam, bce-dice, got 'l2'"):
         PromptLoop(sam, mask_loss="l2")
+
+
+def test_sample_in_is_uniform_over_the_region_pixels():
+    # 5 scattered pixels in each of 400 copies: every pixel drawn about 1/5 of the time
+    region = torch.zeros((400, 16, 16), dtype=torch.bool)
+    spots = [(0, 0), (3, 15), (7, 2), (15, 15), (9, 9)]
+    for y, x in spots:
+        region[:, y, x] = True
+    g = torch.Generator().manual_seed(3)
+    counts = {s: 0 for s in spots}
+    for _ in range(10):
+        xy, has = sample_in(region, g)
+        assert has.all()
+        for x, y in xy.long().tolist():
+            counts[(y, x)] += 1  # a KeyError here is a pixel outside the region
+    assert all(600 <= c <= 1000 for c in counts.values()), counts  # 800 expected each, sd ~ 25

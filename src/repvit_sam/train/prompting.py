@@ -53,12 +53,19 @@ def jitter_boxes(boxes: torch.Tensor, scale: torch.Tensor, size: int, generator:
 
 def sample_in(region: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
     """One pixel drawn uniformly from each region (N, H, W) bool -> ((N, 2) XY float, (N,) bool
-    "region was non-empty"); an empty region gives (0, 0) and False."""
+    "region was non-empty"); an empty region gives (0, 0) and False.
+
+    One uniform draw per region picks the k-th covered pixel (k uniform over the region's
+    count), found by binary search in the running count: about ten times faster on a CPU than
+    ``torch.multinomial`` over the pixels, which dominated a training step's prompting."""
     n, h, w = region.shape
-    flat = region.reshape(n, -1).float()
-    has = flat.sum(1) > 0
-    weights = torch.where(has[:, None], flat, torch.ones_like(flat))
-    idx = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    running = region.reshape(n, -1).cumsum(1, dtype=torch.int64)  # (N, H*W)
+    count = running[:, -1]
+    has = count > 0
+    u = torch.rand(n, generator=generator, device=generator.device).to(region.device)
+    k = torch.minimum((u.double() * count.double()).long(), (count - 1).clamp(min=0)) + 1  # 1..count
+    idx = torch.searchsorted(running, k[:, None])[:, 0]  # first position whose running count reaches k
+    idx = torch.where(has, idx, torch.zeros_like(idx))
     xy = torch.stack([(idx % w).float(), torch.div(idx, w, rounding_mode="floor").float()], 1)
     return xy, has
 
