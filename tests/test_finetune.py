@@ -21,8 +21,10 @@ from conftest import TEACHER_VARIANT, TRAINED, run_cli
 
 MODEL = TEACHER_VARIANT  # the trained teacher's variant
 RANDOM_MODEL = "tiny_vit_b"  # runs from random weights: the smaller variant is faster
-STEPS = 40
-FROM_TEACHER = ["--model", MODEL, "--checkpoint", TRAINED / "teacher.pt", "--mask-loss", "bce-dice", "--batch-size", "4", "--lr", "1e-3", "--rounds", "1",
+# 80 steps at lr 3e-4: the trained teacher already scores box 0.81 / 1 point 0.80 on these images,
+# and 40 steps at 1e-3 (enough for the teacher before stage 4) moved it by -0.01 in all
+STEPS = 80
+FROM_TEACHER = ["--model", MODEL, "--checkpoint", TRAINED / "teacher.pt", "--mask-loss", "bce-dice", "--batch-size", "4", "--lr", "3e-4", "--rounds", "1",
                 "--max-instances", "4", "--val-clicks", "2", "--log-every", "1", "--workers", "0", "--seed", "0"]
 RUN = ["--model", RANDOM_MODEL, "--trainable", "all", "--batch-size", "4", "--lr", "3e-3", "--rounds", "1", "--max-instances", "4",
        "--val-clicks", "2", "--log-every", "1", "--workers", "0", "--seed", "0"]

@@ -6,6 +6,7 @@ targets that these fixtures do not reach yet are marked xfail with the figure re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -66,23 +67,40 @@ def test_issue_targets_teacher_point_and_clicks(figures):
     assert t["miou_point_2_clicks"] > t["miou_point"] and t[f"miou_point_{CLICKS + 1}_clicks"] > t["miou_point_2_clicks"], t
 
 
-@pytest.mark.xfail(reason=f"trained fixtures: teacher box mIoU {RECORD['models']['teacher.pt']['validation']['miou_box']:.3f} "
-                          "on the 50 held-out images; target 0.85")
-def test_issue_target_teacher_box(figures):
-    assert figures["teacher"]["miou_box"] >= 0.85
-
-
-def test_issue_target_phase_two_raises_the_box_miou(tmp_path_factory):
-    """On the whole held-out set the validation scores (50 images, 284 instances; the figures
-    models.json records), phase 2 raises the box mIoU, and on small objects, where decoupled
-    distillation loses most, both the box and the 1-point figures. The overall box gain is small
-    (+0.008): on the first 10 images alone (the ``figures`` above) the box figure falls."""
+@pytest.fixture(scope="module")
+def held_out_all(tmp_path_factory):
+    """The whole held-out set the validation scores (50 images, 284 instances)."""
     from conftest import held_out_synthetic
 
     val = held_out_synthetic(tmp_path_factory.mktemp("held_out_all") / "synth", 50)
     entries, _ = read_entries(val / "annotations.json", val / "images")
-    records = coco_records(entries, 16)
-    got = {f: prompt_validation(trained_model(f), records, 0) for f in ("student_mse.pt", "student.pt")}
+    return coco_records(entries, 16)
+
+
+@pytest.fixture(scope="module")
+def teacher_all(held_out_all, trained_teacher):
+    return prompt_validation(trained_teacher, held_out_all, 0)
+
+
+def test_teacher_validation_is_reproduced(teacher_all):
+    assert teacher_all["instances"] == RECORD["models"]["teacher.pt"]["validation"]["instances"] == 284
+    assert teacher_all["miou_box"] == pytest.approx(RECORD["models"]["teacher.pt"]["validation"]["miou_box"], abs=1e-6)
+
+
+@pytest.mark.xfail(reason=f"trained fixtures: teacher box mIoU {RECORD['models']['teacher.pt']['validation']['miou_box']:.3f} "
+                          "on the 50 held-out images; target 0.85", strict=True)
+def test_issue_target_teacher_box(teacher_all):
+    """On all 50 held-out images, the set models.json's figures are from (the first 10 alone
+    are easier)."""
+    assert teacher_all["miou_box"] >= 0.85, teacher_all["miou_box"]
+
+
+def test_issue_target_phase_two_raises_the_box_miou(held_out_all):
+    """On the whole held-out set the validation scores (50 images, 284 instances; the figures
+    models.json records), phase 2 raises the box mIoU, and on small objects, where decoupled
+    distillation loses most, both the box and the 1-point figures. The overall box gain is small
+    (+0.007; +0.015 on the first 10 images alone, where the stage-3 teacher's pair fell)."""
+    got = {f: prompt_validation(trained_model(f), held_out_all, 0) for f in ("student_mse.pt", "student.pt")}
     for f, g in got.items():
         assert g["instances"] == RECORD["models"][f]["validation"]["instances"] == 284
         assert g["miou_box"] == pytest.approx(RECORD["models"][f]["validation"]["miou_box"], abs=1e-6), f
@@ -113,9 +131,14 @@ def test_fixture_script_records_the_teacher_stages_it_runs():
         return options[options.index(name) + 1]
 
     stages = fx._teacher_stages(list(fx.FINETUNE), len(fx.TEACHER_STAGES), smoke=False)
-    assert stages[0] == fx.FINETUNE and len(stages) == len(fx.TEACHER_STAGES) == 3
-    assert [opt(o, "--batch-size") for o in stages] == ["8", "32", "32"]
-    assert all(opt(o, "--rounds") == opt(fx.FINETUNE, "--rounds") for o in stages)  # only steps, batch and lr change
+    assert stages[0] == fx.FINETUNE and len(stages) == len(fx.TEACHER_STAGES) == 4
+    assert [opt(o, "--batch-size") for o in stages] == ["8", "32", "32", "32"]
+    assert all(opt(o, "--rounds") == opt(fx.FINETUNE, "--rounds") for o in stages)  # the loss and prompts stay
+    # stages 1 to 3 train on the fixtures' 2000 images; stage 4 on 16000 new ones
+    data = [fx._stage_data(Path("W"), k, smoke=False) for k in range(len(stages))]
+    assert data == [(Path("W/train"), fx.TRAIN_COUNT, 0)] * 3 + [(Path("W/train_seed2"), 16000, 2)]
+    assert [s["data"] for s in RECORD["teacher_stages"]] == [f"repvit-sam synth images --count {c} --seed {s} (256x256)"
+                                                             for _, c, s in data]
     assert [opt(o, "--steps") for o in fx._teacher_stages(list(fx.FINETUNE), 2, smoke=True)] == ["3", "3"]
     recorded = RECORD["commands"]["teacher"]
     for k, options in enumerate(stages):
