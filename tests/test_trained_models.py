@@ -19,10 +19,14 @@ from conftest import TRAINED_RECORD as RECORD
 CLICKS = 2
 
 
+def _records(folder):
+    entries, _ = read_entries(folder / "annotations.json", folder / "images")
+    return coco_records(entries, 16)
+
+
 @pytest.fixture(scope="module")
 def held_out(synthetic_held_out):
-    entries, _ = read_entries(synthetic_held_out / "annotations.json", synthetic_held_out / "images")
-    return coco_records(entries, 16)
+    return _records(synthetic_held_out)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +76,7 @@ def held_out_all(tmp_path_factory):
     """The whole held-out set the validation scores (50 images, 284 instances)."""
     from conftest import held_out_synthetic
 
-    val = held_out_synthetic(tmp_path_factory.mktemp("held_out_all") / "synth", 50)
-    entries, _ = read_entries(val / "annotations.json", val / "images")
-    return coco_records(entries, 16)
+    return _records(held_out_synthetic(tmp_path_factory.mktemp("held_out_all") / "synth", 50))
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,11 @@ def _cli(argv: List[Any]) -> None:
         raise SystemExit(f"step failed (exit {code}): repvit-sam {' '.join(argv)}")
 
 
+def _synth_command(count: int, seed: int) -> str:
+    """How models.json names a synthetic set that :func:`_synth` makes."""
+    return f"repvit-sam synth images --count {count} --seed {seed} ({'x'.join(map(str, SIZE))})"
+
+
 def _synth(out: Path, count: int, seed: int) -> None:
     import os
 
@@ -216,8 +221,8 @@ def main(argv: List[str] | None = None) -> int:
         "note": "each model's trained_on (and each teacher stage's) says where its training ran; the validation figures were "
                 "computed where this file was written (device)",
         "torch": torch.__version__,
-        "data": {"train": f"repvit-sam synth images --count {TRAIN_COUNT} --seed 0 (256x256)",
-                 "held_out": f"repvit-sam synth images --count {VAL_COUNT} --seed 1 (256x256)"},
+        "data": {"train": _synth_command(TRAIN_COUNT, 0),
+                 "held_out": _synth_command(VAL_COUNT, 1)},
         "protocol": "coco-prompt on the held-out set: box = the mask's box, single output; 1 point = the pixel farthest from the "
                     f"boundary, best of 3 by predicted IoU; then {VAL_CLICKS} correction clicks; mIoU as a fraction; area ranges "
                     "(COCO, mask pixels): small < 32^2, medium 32^2..96^2, large >= 96^2",
@@ -234,7 +239,7 @@ def main(argv: List[str] | None = None) -> int:
         _, count, seed = _stage_data(work, k, args.smoke)
         record["teacher_stages"].append({"stage": k + 1, "trained_on": info.get("device"), "steps": info.get("total_steps"),
                                          "batch_size": (info.get("recipe") or {}).get("batch_size"),
-                                         "data": f"repvit-sam synth images --count {count} --seed {seed} (256x256)"})
+                                         "data": _synth_command(count, seed)})
     for fname, (variant, src) in files.items():
         shutil.copyfile(src, out / fname)
         run_json = {"teacher.pt": teacher_run, "student_mse.pt": work / "student_mse", "student.pt": work / "student_prompt"}[fname] / "run.json"
