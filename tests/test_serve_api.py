@@ -296,6 +296,24 @@ def test_everything_matches_the_mask_generator_and_reports_progress(client, mode
     assert client.get(f"/api/images/{image_id}/everything/progress").json() == {"state": "done", "done": 3, "total": 3}
 
 
+def test_everything_with_m2m_matches_the_mask_generator(client, model):
+    """`use_m2m` (SAM 2's mask-to-mask refinement) is served: the masks and scores are the
+    generator's with the same option, and the scores are not the unrefined ones (the refined
+    predicted IoU replaces the first)."""
+    img = picture(96, 64)
+    image_id = uploaded(client, img)
+    params = {"points_per_side": 6, "points_per_batch": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.9}
+    got = {}
+    for m2m in (False, True):
+        r = client.post(f"/api/images/{image_id}/everything", json={**params, "use_m2m": m2m})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        got[m2m] = sorted((m["counts"], round(sc, 5)) for m, sc in zip(body["masks"], body["scores"]))
+    ref = SamAutomaticMaskGenerator(model, output_mode="coco_rle", use_m2m=True, **params).generate(img)
+    assert got[True] == sorted((rec["segmentation"]["counts"], round(rec["predicted_iou"], 5)) for rec in ref) and len(ref) > 0
+    assert [sc for _, sc in got[True]] != [sc for _, sc in got[False]]
+
+
 def test_everything_defaults_and_bad_parameters(client):
     image_id = uploaded(client, picture())
     r = client.post(f"/api/images/{image_id}/everything")  # no body: defaults (16 x 16 points)
@@ -306,6 +324,7 @@ def test_everything_defaults_and_bad_parameters(client):
     assert "decoder batches" in error(client.post(f"/api/images/{image_id}/everything", json={"points_per_side": 64, "points_per_batch": 1}), 422)
     assert "points_per_side" in error(client.post(f"/api/images/{image_id}/everything", json={"points_per_side": "8"}), 422)
     assert "crop_n_layers" in error(client.post(f"/api/images/{image_id}/everything", json={"crop_n_layers": 1}), 422)
+    assert "use_m2m" in error(client.post(f"/api/images/{image_id}/everything", json={"use_m2m": "yes"}), 422)
     assert error(client.post("/api/images/nope/everything"), 404)
     assert error(client.get("/api/images/nope/everything/progress"), 404)
 

@@ -177,9 +177,9 @@ def test_page_upload_click_overlay(server, browser, tmp_path, monkeypatch):
     np.testing.assert_array_equal(rle_to_mask(ann["segmentation"]), mask_png > 0)
     assert doc["info"]["prompts"]["box"] == pytest.approx([40, 40, 200, 200], abs=1)
 
-    # Segment everything with all thresholds off: progress is polled while it runs (each
-    # progress step, 4 points, is slowed down by 50 ms here so that the 200 ms polling sees
-    # it), masks are drawn.
+    # Segment everything with all thresholds off and masks refined: progress is polled while it
+    # runs (each progress step, 4 points, is slowed down by 50 ms here so that the 200 ms
+    # polling sees it), masks are drawn.
     from repvit_sam.serve import service as service_mod
 
     original = service_mod._EmbeddedGenerator._advance
@@ -192,7 +192,10 @@ def test_page_upload_click_overlay(server, browser, tmp_path, monkeypatch):
     page.click("#everything-settings summary")
     page.fill("#pred-iou", "0")
     page.fill("#stability", "0")
-    page.click("#everything")
+    page.check("#use-m2m")  # "refine masks": SAM 2's use_m2m reaches the server
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/everything")) as sent:
+        page.click("#everything")
+    assert sent.value.post_data_json == {"points_per_side": 16, "pred_iou_thresh": 0, "stability_score_thresh": 0, "use_m2m": True}
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Segment everything:')", timeout=60000)
     page.wait_for_selector("body[data-state='ready']")  # the progress poller has stopped
     page.screenshot(path=str(tmp_path / "3-everything.png"))

@@ -118,6 +118,7 @@ SERVED_AMG_OPTIONS: Dict[str, Dict[str, Any]] = {
     "stability_score_thresh": dict(ge=0.0, le=1.0),
     "box_nms_thresh": {},
     "min_mask_region_area": dict(le=100_000),
+    "use_m2m": {},
 }
 
 
@@ -129,7 +130,7 @@ def _amg_fields() -> Dict[str, Any]:
         meta = {k: v for k, v in (("ge", f.metadata["lo"]), ("le", f.metadata["hi"])) if v is not None}
         meta.update(bounds)
         default = meta.pop("default", f.default)
-        kind = StrictInt if "int" in str(f.type) else StrictFloat
+        kind = StrictBool if "bool" in str(f.type) else StrictInt if "int" in str(f.type) else StrictFloat
         out[name] = (kind, Field(default, description=f.metadata["help"], **meta))
     return out
 

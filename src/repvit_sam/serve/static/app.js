@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const els = {
   file: $("file"), sample: $("sample"), undo: $("undo"), clear: $("clear"), multimask: $("multimask"),
-  everything: $("everything"), pointsPerSide: $("points-per-side"), predIou: $("pred-iou"), stability: $("stability"), png: $("download-png"), json: $("download-json"), candidates: $("candidates"),
+  everything: $("everything"), pointsPerSide: $("points-per-side"), predIou: $("pred-iou"), stability: $("stability"), useM2m: $("use-m2m"), png: $("download-png"), json: $("download-json"), candidates: $("candidates"),
   progress: $("progress"), dropzone: $("dropzone"), stage: $("stage"), hint: $("hint"),
   image: $("image"), overlay: $("overlay"), prompts: $("prompts"), status: $("status"), info: $("info"),
 };
@@ -389,6 +389,7 @@ async function segmentEverything() {
     points_per_side: Number(els.pointsPerSide.value) || 16,
     pred_iou_thresh: Number(els.predIou.value),
     stability_score_thresh: Number(els.stability.value),
+    use_m2m: els.useM2m.checked,
   };
   const t0 = performance.now();
   let running = true;
