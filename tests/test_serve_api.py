@@ -278,11 +278,17 @@ def test_json_body_too_large_is_413(client):
 
 
 # --------------------------------------------------------------------------- everything
+# A small grid with every filter off, so that the served records can be compared with the
+# generator's on random weights.
+EVERYTHING_PARAMS = {"points_per_side": 6, "points_per_batch": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                     "box_nms_thresh": 0.9}
+
+
 def test_everything_matches_the_mask_generator_and_reports_progress(client, model, encoder_calls):
     img = picture(96, 64)
     image_id = uploaded(client, img)
     assert client.get(f"/api/images/{image_id}/everything/progress").json() == {"state": "idle", "done": 0, "total": 0}
-    params = {"points_per_side": 6, "points_per_batch": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.9}
+    params = EVERYTHING_PARAMS
     r = client.post(f"/api/images/{image_id}/everything", json=params)
     assert r.status_code == 200, r.text
     assert encoder_calls.calls == 1  # the cached embedding is reused
@@ -302,7 +308,7 @@ def test_everything_with_m2m_matches_the_mask_generator(client, model):
     predicted IoU replaces the first)."""
     img = picture(96, 64)
     image_id = uploaded(client, img)
-    params = {"points_per_side": 6, "points_per_batch": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.9}
+    params = EVERYTHING_PARAMS
     got = {}
     for m2m in (False, True):
         r = client.post(f"/api/images/{image_id}/everything", json={**params, "use_m2m": m2m})
