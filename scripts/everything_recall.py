@@ -36,7 +36,7 @@ SETTINGS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny_vit_b_wide")
+    p.add_argument("--model", default="tiny_vit_b_deep", help="the variant of --checkpoint (default: the trained teacher's)")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--scenes", type=int, default=10, help="the first N held-out scenes (seed 1, 256x256; default 10)")
     p.add_argument("--threads", type=int, default=2)

@@ -3,7 +3,7 @@
 by predicted IoU). The validation reports area ranges only; this says which kinds of object a
 model fails on (on the synthetic sets: ellipse, polygon, ring, star, bar).
 
-    python scripts/miou_by_category.py --model tiny_vit_b_wide --checkpoint tests/data/trained/teacher.pt \
+    python scripts/miou_by_category.py --model tiny_vit_b_deep --checkpoint tests/data/trained/teacher.pt \
         --data WORK/val/annotations.json --images WORK/val/images
 """
 import argparse

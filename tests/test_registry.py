@@ -18,7 +18,7 @@ def test_aliases(alias, name):
 
 def test_tiny_variants_are_in_the_table_and_build_by_name(tmp_path):
     assert repvit_sam.list_models(include_tiny=True) == ["repvit", "vit_t", "vit_b", "vit_l", "vit_h", "tiny_repvit", "tiny_vit_t", "tiny_vit_b",
-                                                             "tiny_repvit_wide", "tiny_vit_b_wide"]
+                                                             "tiny_repvit_wide", "tiny_vit_b_wide", "tiny_vit_b_deep"]
     m = repvit_sam.build_sam("tiny_repvit")
     assert m.image_encoder.img_size == 256
     assert m.image_encoder(torch.zeros(1, 3, 256, 256)).shape == (1, 32, 16, 16)

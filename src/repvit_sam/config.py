@@ -210,6 +210,15 @@ VARIANTS.update({
         description="test-size SAM ViT, 64-wide (256 px)",
         tiny=True,
     ),
+    # tiny_vit_b_wide with each block followed by a second of its kind (8 blocks): the trained
+    # teacher grows into it function-preservingly (repvit_sam.train.grow), see docs/finetune.md.
+    "tiny_vit_b_deep": SamConfig(
+        "tiny_vit_b_deep",
+        ViTConfig(embed_dim=64, depth=8, num_heads=4, global_attn_indexes=(2, 3, 6, 7), window_size=6, out_chans=64, img_size=256),
+        TINY_WIDE_DECODER,
+        description="test-size SAM ViT, 64-wide, 8 blocks (256 px)",
+        tiny=True,
+    ),
 })
 
 # Friendly names users reach for; each resolves to an official registry name.
