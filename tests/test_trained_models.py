@@ -99,7 +99,7 @@ def test_issue_target_phase_two_raises_the_box_miou(held_out_all):
     """On the whole held-out set the validation scores (50 images, 284 instances; the figures
     models.json records), phase 2 raises the box mIoU, and on small objects, where decoupled
     distillation loses most, both the box and the 1-point figures. The overall box gain is small
-    (+0.007; +0.015 on the first 10 images alone, where the stage-3 teacher's pair fell)."""
+    (+0.010 with the 8-block teacher's pair; +0.007 with the stage-4 teacher's)."""
     got = {f: prompt_validation(trained_model(f), held_out_all, 0) for f in ("student_mse.pt", "student.pt")}
     for f, g in got.items():
         assert g["instances"] == RECORD["models"][f]["validation"]["instances"] == 284
