@@ -104,6 +104,9 @@ def test_fixture_script_grows_the_teacher_before_its_last_stage(tmp_path, monkey
         torch.save(build_sam(argv[argv.index("--model") + 1]).state_dict(), run / "model.pt")
 
     monkeypatch.setattr(fx, "_cli", fake_cli)
+    # --smoke sets the module's TRAIN_COUNT / VAL_COUNT; put them back afterwards
+    monkeypatch.setattr(fx, "TRAIN_COUNT", fx.TRAIN_COUNT)
+    monkeypatch.setattr(fx, "VAL_COUNT", fx.VAL_COUNT)
     monkeypatch.setattr(fx, "_synth", lambda out, count, seed: out.mkdir(parents=True, exist_ok=True))
     threads = torch.get_num_threads()
     try:
