@@ -73,20 +73,22 @@ def deepen_state_dict(state: Dict[str, torch.Tensor], src: str, dst: str) -> Dic
 
 
 def grow_checkpoint(src_path: Path, dst_path: Path, src: str, dst: str) -> None:
-    """Read the ``src`` checkpoint at ``src_path`` (``weights_only``; it must load into
-    ``src``), grow it and write the ``dst`` checkpoint atomically at ``dst_path``."""
-    from ..registry import build_sam
+    """Read the ``src`` checkpoint at ``src_path`` (``weights_only``, unwrapped as ``build_sam``
+    unwraps; it must fit ``src`` exactly), grow it and write the ``dst`` checkpoint atomically at
+    ``dst_path``."""
+    from ..registry import key_shapes
     from ..utils import atomic_write
-    from ..weights import read_checkpoint
+    from ..weights import CheckpointError, check_fits, extract_state_dict, read_checkpoint
 
-    state = read_checkpoint(src_path)
+    source = str(src_path)
+    state = extract_state_dict(read_checkpoint(src_path), source=source)
     try:
-        build_sam(src).load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise GrowError(f"{src_path} is not a {src} checkpoint ({first[1].strip() if len(first) > 1 else first[0]})") from None
+        check_fits(state, key_shapes(src), variant=resolve_name(src), source=source,
+                   known_tables=((n, key_shapes(n)) for n in VARIANTS))
+    except CheckpointError as e:
+        raise GrowError(f"{src_path} is not a {src} checkpoint: {e}") from None
     grown = deepen_state_dict(state, src, dst)
-    build_sam(dst).load_state_dict(grown, strict=True)  # every key and shape of the target
+    check_fits(grown, key_shapes(dst), variant=resolve_name(dst), source="the grown state_dict")  # every key and shape of the target
     with atomic_write(dst_path) as f:
         torch.save(grown, f)
 
@@ -100,9 +102,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if not args.source.is_file():
         p.error(f"checkpoint not found: {args.source}")
+    from ..weights import CheckpointError
+
     try:
         grow_checkpoint(args.source, args.target, args.src, args.dst)
-    except (GrowError, KeyError) as e:
+    except (GrowError, CheckpointError, KeyError) as e:
         p.error(str(e).strip("'\""))
     print(f"wrote {args.target} ({args.dst}, grown from {args.source})")
     return 0
