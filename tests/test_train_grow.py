@@ -104,15 +104,13 @@ def test_fixture_script_grows_the_teacher_before_its_last_stage(tmp_path, monkey
         torch.save(build_sam(argv[argv.index("--model") + 1]).state_dict(), run / "model.pt")
 
     monkeypatch.setattr(fx, "_cli", fake_cli)
-    # --smoke sets the module's TRAIN_COUNT / VAL_COUNT; put them back afterwards
-    monkeypatch.setattr(fx, "TRAIN_COUNT", fx.TRAIN_COUNT)
-    monkeypatch.setattr(fx, "VAL_COUNT", fx.VAL_COUNT)
     monkeypatch.setattr(fx, "_synth", lambda out, count, seed: out.mkdir(parents=True, exist_ok=True))
     threads = torch.get_num_threads()
     try:
         assert fx.main(["--work", str(tmp_path / "w"), "--teacher-only", "--smoke"]) == 0
     finally:
         torch.set_num_threads(threads)  # the script pins one thread for the process
+    assert (fx.TRAIN_COUNT, fx.VAL_COUNT) == (2000, 50)  # --smoke sizes stay in the run, not the module
     models = [c[c.index("--model") + 1] for c in calls]
     assert models == ["tiny_vit_b_wide"] * 4 + ["tiny_vit_b_deep"]
     inits = [c[c.index("--checkpoint") + 1] if "--checkpoint" in c else None for c in calls]

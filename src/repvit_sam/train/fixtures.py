@@ -78,14 +78,15 @@ def _teacher_stages(first: List[str], count: int, smoke: bool) -> List[List[str]
     return stages
 
 
-def _stage_data(work: Path, k: int, smoke: bool) -> Tuple[Path, int, int]:
+def _stage_data(work: Path, k: int, smoke: bool, train_count: int = TRAIN_COUNT) -> Tuple[Path, int, int]:
     """Teacher stage ``k``'s training images: (folder, count, seed). The fixtures' own set is
-    WORK/train; a stage's own set is WORK/train_seedS (TRAIN_COUNT images in a smoke run)."""
+    WORK/train (``train_count`` images); a stage's own set is WORK/train_seedS (``train_count``
+    images in a smoke run)."""
     data = TEACHER_STAGES[k][1]
     if data is None:
-        return work / "train", TRAIN_COUNT, 0
+        return work / "train", train_count, 0
     count, seed = data
-    return work / f"train_seed{seed}", TRAIN_COUNT if smoke else count, seed
+    return work / f"train_seed{seed}", train_count if smoke else count, seed
 
 
 def _stage_variant(k: int) -> str:
@@ -149,7 +150,6 @@ def validate_file(name: str, checkpoint: Path, val: Path) -> Dict[str, Any]:
 
 
 def main(argv: List[str] | None = None) -> int:
-    global TRAIN_COUNT, VAL_COUNT
     import torch
 
     p = argparse.ArgumentParser(prog="python -m repvit_sam.train.fixtures", description=__doc__.splitlines()[0])
@@ -173,8 +173,9 @@ def main(argv: List[str] | None = None) -> int:
                         "the file's SHA-256")
     args = p.parse_args(argv)
     finetune, phase1, phase2 = list(FINETUNE), list(PHASE1), list(PHASE2)
+    train_count, val_count = TRAIN_COUNT, VAL_COUNT
     if args.smoke:
-        TRAIN_COUNT, VAL_COUNT = 24, 4
+        train_count, val_count = 24, 4
         for opts in (finetune, phase1, phase2):
             opts[opts.index("--steps") + 1] = "3"
         phase1[phase1.index("--val-images") + 1] = "2"
@@ -184,7 +185,7 @@ def main(argv: List[str] | None = None) -> int:
     if args.train_count is not None:
         if args.train_count < 1:
             p.error(f"--train-count must be at least 1, got {args.train_count}")
-        TRAIN_COUNT = args.train_count
+        train_count = args.train_count
     if args.teacher_steps is not None:
         finetune[finetune.index("--steps") + 1] = str(args.teacher_steps)
     if args.teacher_batch_size is not None:
@@ -201,14 +202,14 @@ def main(argv: List[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     train, val = work / "train", work / "val"
-    _synth(train, TRAIN_COUNT, 0)
-    _synth(val, VAL_COUNT, 1)
+    _synth(train, train_count, 0)
+    _synth(val, val_count, 1)
 
     stage_options = _teacher_stages(finetune, args.teacher_stages, args.smoke)
     for k, options in enumerate(stage_options):
         teacher_run, variant = _teacher_run(work, k), _stage_variant(k)
         if not (teacher_run / "model.pt").is_file():
-            data, count, seed = _stage_data(work, k, args.smoke)
+            data, count, seed = _stage_data(work, k, args.smoke, train_count)
             _synth(data, count, seed)
             resume = ["--resume"] if (teacher_run / "checkpoints" / "last.pt").is_file() else []
             init: List[Any] = []
@@ -254,8 +255,8 @@ def main(argv: List[str] | None = None) -> int:
         "note": "each model's trained_on (and each teacher stage's) says where its training ran; the validation figures were "
                 "computed where this file was written (device)",
         "torch": torch.__version__,
-        "data": {"train": _synth_command(TRAIN_COUNT, 0),
-                 "held_out": _synth_command(VAL_COUNT, 1)},
+        "data": {"train": _synth_command(train_count, 0),
+                 "held_out": _synth_command(val_count, 1)},
         "protocol": "coco-prompt on the held-out set: box = the mask's box, single output; 1 point = the pixel farthest from the "
                     f"boundary, best of 3 by predicted IoU; then {VAL_CLICKS} correction clicks; mIoU as a fraction; area ranges "
                     "(COCO, mask pixels): small < 32^2, medium 32^2..96^2, large >= 96^2",
@@ -269,7 +270,7 @@ def main(argv: List[str] | None = None) -> int:
     for k in range(len(stage_options)):
         rj = _teacher_run(work, k) / "run.json"
         info = json.loads(rj.read_text()) if rj.is_file() else {}
-        _, count, seed = _stage_data(work, k, args.smoke)
+        _, count, seed = _stage_data(work, k, args.smoke, train_count)
         record["teacher_stages"].append({"stage": k + 1, "variant": _stage_variant(k), "trained_on": info.get("device"),
                                          "steps": info.get("total_steps"),
                                          "batch_size": (info.get("recipe") or {}).get("batch_size"),
